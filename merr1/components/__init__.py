@@ -1,0 +1,1 @@
+"""Building blocks the recipes instantiate from YAML."""

@@ -1,0 +1,1 @@
+"""Reward components for GRPO (YAML ``_component_`` targets)."""

@@ -1,0 +1,8 @@
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tests import the checkout they live in (also from a git worktree), not another editable install.
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
