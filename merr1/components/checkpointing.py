@@ -5,6 +5,7 @@ Layout under ``{output_dir}/checkpoints/``::
     latest                  text file "step_120": the newest COMPLETE checkpoint (the source of truth)
     step_120/
       meta.json             step, data position, world size, config fingerprint (written last)
+      config.yaml           the resolved config of the run that wrote it (if given)
       state/                torch.distributed.checkpoint (DCP): model + optimizer, one shard file per rank
       state/trainer.pt      rank 0: lr scheduler state, data position, the recipe's ``extra`` dict
       state/rng_rank{r}.pt  rank r: python / numpy / torch CPU / CUDA RNG states + the recipe's generators
@@ -39,6 +40,7 @@ import random
 import re
 import shutil
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,7 +53,7 @@ import torch.distributed as dist
 from torch import nn
 
 from merr1.components.distributed import all_reduce_scalar, barrier, get_world_size_and_rank
-from merr1.components.metric_logging import atomic_write_text, fsync_dir, to_jsonable
+from merr1.components.metric_logging import atomic_write_text, fsync_dir, save_config, to_jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ class TrainingCheckpointer:
             shape, ...), JSON-able; compared on load, with world size.
         allow_world_size_change: load a checkpoint written by a different number of ranks
             (resharded by DCP; RNG streams not restored) instead of refusing it.
+        config: the resolved run config as a plain dict; written to ``step_N/config.yaml`` with
+            every checkpoint (``save_config``), so each checkpoint says how it was produced.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class TrainingCheckpointer:
         keep_last_n: int | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         allow_world_size_change: bool = False,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         if keep_last_n is not None and keep_last_n < 1:
             raise ValueError(f"keep_last_n must be >= 1 or None (keep all), got {keep_last_n}")
@@ -113,6 +118,7 @@ class TrainingCheckpointer:
         self.keep_last_n = keep_last_n
         self.fingerprint = to_jsonable(dict(fingerprint or {}), "fingerprint")
         self.allow_world_size_change = allow_world_size_change
+        self.config = config
         self._last_saved_step: int | None = None
 
     # ------------------------------------------------------------------ queries
@@ -190,6 +196,8 @@ class TrainingCheckpointer:
                 "extra": dict(extra or {}),
             }
             _save_durably(trainer_state, tmp_dir / "state" / "trainer.pt")
+            if self.config is not None:
+                save_config(self.config, tmp_dir / "config.yaml")
         if write_extra_files is not None:
             write_extra_files(tmp_dir)
         barrier()
@@ -202,6 +210,7 @@ class TrainingCheckpointer:
                 "world_size": world_size,
                 "fingerprint": self.fingerprint,
                 "torch_version": torch.__version__,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(tmp_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
             self._commit(tmp_dir, final_dir)

@@ -195,7 +195,10 @@ def truncate_jsonl(path: Path, resume_step: int) -> int | None:
     if num_torn:
         logger.warning("%s: dropped %d unreadable line(s)", path, num_torn)
     if num_dropped:
-        logger.info("%s: removed %d line(s) logged after step %d (resumed run logs them again)", path, num_dropped, resume_step)
+        logger.info(
+            "%s: removed %d line(s) logged after step %d (the resumed run logs them again)",
+            path, num_dropped, resume_step,
+        )
     atomic_write_text(path, "".join(line + "\n" for line in kept))
     return last_step
 

@@ -2,7 +2,9 @@
 
 Each rank gets RANK/WORLD_SIZE/LOCAL_RANK in its environment and a process group through
 ``merr1.components.distributed.init_distributed`` with a ``file://`` rendezvous, so no network
-port is needed. Heavy torch.distributed modules are imported before forking. Fork is safe here because the children set one intra-op thread before any torch op.
+port is needed. Heavy torch.distributed modules are imported before forking (a rank then starts in
+well under a second). Fork is safe here because the children set one intra-op thread before any
+torch op.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def _rank_main(rank: int, world_size: int, store_path: Path, result_path: Path, 
     result_path.write_bytes(pickle.dumps(result))
 
 
-def run_on_ranks(fn: Callable[..., Any], world_size: int, tmp_dir: Path, timeout_s: float = 120.0, **kwargs) -> list[Any]:
+def run_on_ranks(
+    fn: Callable[..., Any], world_size: int, tmp_dir: Path, timeout_s: float = 120.0, **kwargs
+) -> list[Any]:
     """Call ``fn(**kwargs)`` on ``world_size`` forked gloo ranks; return each rank's result.
 
     Fails (AssertionError) if a rank raises, exits non-zero or does not finish in ``timeout_s``.

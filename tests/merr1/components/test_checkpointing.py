@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import toy_training_loop as toy
 import torch
+import yaml
 from dist_helpers import run_on_ranks
 from torch import nn
 
@@ -80,13 +81,17 @@ def test_two_rank_fsdp2_resume_and_sigterm_on_one_rank(tmp_path):
 def _fresh_toy_state(num_steps: int = 10):
     model = toy.build_model()
     optimizer = build_adamw(model, lr=1e-2, weight_decay=0.1)
-    scheduler = cosine_schedule_with_warmup(optimizer, num_training_steps=num_steps, num_warmup_steps=2, min_lr_ratio=0.1)
+    scheduler = cosine_schedule_with_warmup(
+        optimizer, num_training_steps=num_steps, num_warmup_steps=2, min_lr_ratio=0.1
+    )
     return model, optimizer, scheduler
 
 
 def test_world_size_change_refused_or_resharded(tmp_path):
     run_dir = tmp_path / "run"
-    run_on_ranks(toy.run, 2, tmp_path, output_dir=run_dir, num_steps=10, fsdp=True, stop_after=4, on_save=_dump_full_model)
+    run_on_ranks(
+        toy.run, 2, tmp_path, output_dir=run_dir, num_steps=10, fsdp=True, stop_after=4, on_save=_dump_full_model
+    )
     model, optimizer, scheduler = _fresh_toy_state()
     fingerprint = {"batch_size": toy.BATCH_SIZE, "num_steps": 10}
     with pytest.raises(ValueError, match="written by 2 ranks, this run has 1"):
@@ -141,7 +146,8 @@ def test_exception_during_save_leaves_previous_checkpoint(tmp_path):
     assert (tmp_path / "checkpoints" / ".tmp_step_4").exists()
 
     fresh_model, fresh_optimizer, fresh_scheduler = _fresh_toy_state()
-    assert TrainingCheckpointer(tmp_path).load_latest(fresh_model, fresh_optimizer, fresh_scheduler).position.global_step == 2
+    restored = TrainingCheckpointer(tmp_path).load_latest(fresh_model, fresh_optimizer, fresh_scheduler)
+    assert restored.position.global_step == 2
     for name, tensor in fresh_model.state_dict().items():
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
 
@@ -224,7 +230,9 @@ def test_new_run_overwrites_same_step_of_an_old_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- pruning
-@pytest.mark.parametrize("keep_last_n, expected", [(None, [1, 2, 3, 4, 5]), (1, [5]), (2, [4, 5]), (10, [1, 2, 3, 4, 5])])
+@pytest.mark.parametrize(
+    "keep_last_n, expected", [(None, [1, 2, 3, 4, 5]), (1, [5]), (2, [4, 5]), (10, [1, 2, 3, 4, 5])]
+)
 def test_keep_last_n(tmp_path, keep_last_n, expected):
     model, optimizer, scheduler = _fresh_toy_state()
     checkpointer = TrainingCheckpointer(tmp_path, keep_last_n=keep_last_n)
@@ -276,7 +284,8 @@ def test_fingerprint_mismatch_is_refused(tmp_path, saved, current, message):
 
 def test_fingerprint_tuple_equals_list(tmp_path):
     model, optimizer, scheduler = _fresh_toy_state()
-    TrainingCheckpointer(tmp_path, fingerprint={"shape": (2, 3)}).save(model, optimizer, scheduler, DataPosition(0, 1, 1))
+    checkpointer = TrainingCheckpointer(tmp_path, fingerprint={"shape": (2, 3)})
+    checkpointer.save(model, optimizer, scheduler, DataPosition(0, 1, 1))
     TrainingCheckpointer(tmp_path, fingerprint={"shape": [2, 3]}).load_latest(model, optimizer, scheduler)
 
 
@@ -306,7 +315,8 @@ def test_model_mismatch_is_a_clear_error(tmp_path):
 def test_generators_must_match_the_saved_ones(tmp_path):
     model, optimizer, scheduler = _fresh_toy_state()
     generator = torch.Generator().manual_seed(3)
-    TrainingCheckpointer(tmp_path).save(model, optimizer, scheduler, DataPosition(0, 1, 1), generators={"rollout": generator})
+    checkpointer = TrainingCheckpointer(tmp_path)
+    checkpointer.save(model, optimizer, scheduler, DataPosition(0, 1, 1), generators={"rollout": generator})
     with pytest.raises(ValueError, match=r"generators to restore \[\] differ from the checkpoint's \['rollout'\]"):
         TrainingCheckpointer(tmp_path).load_latest(model, optimizer, scheduler)
 
@@ -324,7 +334,9 @@ def test_tied_weights_and_extra_round_trip(tmp_path):
     model.lm_head(model.embed(torch.tensor([1, 2]))).sum().backward()
     optimizer.step()
     extra = {"best_reward": 0.75, "history": [1, 2], "tensor": torch.arange(3)}
-    TrainingCheckpointer(tmp_path).save(model, optimizer, None, DataPosition(1, 0, 9), extra=extra)
+    config = {"model": {"_component_": "TiedLM"}, "lr": 0.1}
+    TrainingCheckpointer(tmp_path, config=config).save(model, optimizer, None, DataPosition(1, 0, 9), extra=extra)
+    assert yaml.safe_load((tmp_path / "checkpoints" / "step_9" / "config.yaml").read_text()) == config
     fresh = TiedLM()
     fresh_optimizer = build_adamw(fresh, lr=0.1)
     restored = TrainingCheckpointer(tmp_path).load_latest(fresh, fresh_optimizer, None)
@@ -427,4 +439,40 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path, launcher):
     assert meta["world_size"] == 1 and meta["position"]["global_step"] == stopped_at
     assert toy.run(run_dir, num_steps, resume=True) == "done"
     toy.run(tmp_path / "ref", num_steps)
+    assert toy.read_metrics(run_dir) == toy.read_metrics(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_to_the_agent_then_resume(tmp_path):
+    """The real launch path: torchrun forwards SIGTERM to both workers, they save and exit 0."""
+    num_steps = 60
+    run_dir = tmp_path / "run"
+    script = str(Path(toy.__file__))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [*torchrun, script, str(run_dir), str(num_steps), "--fsdp", "--sleep", "0.1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "torchrun did not start training"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # torchrun itself exits 1 (it re-raises the signal as SignalException); both workers exited 0.
+    assert output.count("exit reason: preempted") == 2, output
+    stopped_at = TrainingCheckpointer(run_dir).latest_step()
+    assert 3 <= stopped_at < num_steps
+    resumed = subprocess.run(
+        [*torchrun, script, str(run_dir), str(num_steps), "--fsdp", "--resume"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run_on_ranks(toy.run, 2, tmp_path, output_dir=tmp_path / "ref", num_steps=num_steps, fsdp=True)
     assert toy.read_metrics(run_dir) == toy.read_metrics(tmp_path / "ref")

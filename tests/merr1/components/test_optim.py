@@ -33,7 +33,8 @@ COS_3_QUARTERS = (1 + math.cos(3 * math.pi / 4)) / 2  # 0.146447...
     ],
 )
 def test_cosine_factor_table(step, expected):
-    assert cosine_with_warmup_factor(step, num_warmup_steps=2, num_training_steps=6, min_lr_ratio=0.1) == pytest.approx(expected)
+    factor = cosine_with_warmup_factor(step, num_warmup_steps=2, num_training_steps=6, min_lr_ratio=0.1)
+    assert factor == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """A tiny resumable training loop that uses merr1's training infrastructure like a recipe does.
 
 Used by the checkpointing tests in-process, in forked gloo ranks (FSDP2) and as a subprocess
-(``python toy_training_loop.py OUT_DIR NUM_STEPS [--resume] [--sleep S]``) that receives SIGTERM.
+(``python toy_training_loop.py OUT_DIR NUM_STEPS [--resume] [--sleep S]``, or under
+``torchrun --nproc_per_node 2 ... --fsdp``) that receives SIGTERM.
 The loss depends on the data order (seed, epoch), dropout (global torch RNG, per rank), an
 extra ``torch.Generator`` (input noise), AdamW state and the lr schedule, so any state the
 checkpoint forgets shows up as a different loss after resuming.
@@ -16,13 +17,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
-from merr1.components.distributed import all_reduce_dict, get_world_size_and_rank, set_seed
+from merr1.components.distributed import all_reduce_dict, destroy, get_world_size_and_rank, init_distributed, set_seed
 from merr1.components.metric_logging import MetricLogger, format_metrics
 from merr1.components.optim import build_adamw, clip_grad_norm, cosine_schedule_with_warmup
 
@@ -62,12 +64,11 @@ def run(
     resume: bool = False,
     resume_step: int | None = None,
     save_every: int | None = None,
-    keep_last_n: int | None = None,
     stop_after: int | None = None,
     fsdp: bool = False,
     signal_rank_at_step: tuple[int, int] | None = None,
     sleep_per_step: float = 0.0,
-    on_save=None,
+    on_save: Callable[[nn.Module, Path], None] | None = None,
 ) -> str:
     """Train ``num_steps`` optimizer steps (cosine schedule over ``num_steps``); return why it stopped.
 
@@ -97,11 +98,13 @@ def run(
         fully_shard(model, mesh=mesh)
     optimizer = build_adamw(model, lr=1e-2, weight_decay=0.1)
     steps_per_epoch = NUM_SAMPLES // (BATCH_SIZE * world_size)
-    scheduler = cosine_schedule_with_warmup(optimizer, num_training_steps=num_steps, num_warmup_steps=2, min_lr_ratio=0.1)
+    scheduler = cosine_schedule_with_warmup(
+        optimizer, num_training_steps=num_steps, num_warmup_steps=2, min_lr_ratio=0.1
+    )
     noise_generator = torch.Generator().manual_seed(SEED + 1000 + rank)
     generators = {"noise": noise_generator}
     checkpointer = TrainingCheckpointer(
-        output_dir, keep_last_n=keep_last_n, fingerprint={"batch_size": BATCH_SIZE, "num_steps": num_steps}
+        output_dir, fingerprint={"batch_size": BATCH_SIZE, "num_steps": num_steps}
     )
     position = DataPosition()
     if resume:
@@ -169,6 +172,11 @@ if __name__ == "__main__":
     parser.add_argument("num_steps", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 over all ranks")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-    print("exit reason:", run(args.output_dir, args.num_steps, resume=args.resume, sleep_per_step=args.sleep), flush=True)
+    if args.fsdp:
+        init_distributed()
+    reason = run(args.output_dir, args.num_steps, resume=args.resume, sleep_per_step=args.sleep, fsdp=args.fsdp)
+    print("exit reason:", reason, flush=True)
+    destroy()
