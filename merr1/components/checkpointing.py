@@ -26,8 +26,13 @@ not, so the continuation is valid but not bit-identical to an uninterrupted run)
 
 Per-rank RNG states are saved because each rank has its own dropout/sampling stream
 (``merr1.components.distributed.set_seed`` offsets the seed by the rank). The data order must be
-a function of (seed, epoch): the recipe re-creates the epoch's order and skips the
-``step_in_epoch`` batches already consumed.
+a function of (seed, epoch): the recipe re-creates the epoch's order (``sampler.set_epoch``) and
+skips the ``step_in_epoch`` optimizer steps' batches already consumed. Give the DataLoader its own
+``generator`` and reseed it per epoch: every ``iter(loader)`` draws a number from it, or from the
+global torch RNG when it has none, which would shift the dropout stream of a resumed run (it
+creates its iterator at the resume point, not at the epoch start).
+
+Checkpoints are taken between optimizer steps (never inside gradient accumulation).
 """
 
 from __future__ import annotations

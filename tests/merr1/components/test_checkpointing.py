@@ -47,6 +47,22 @@ def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
     assert [m["loss"] for m in resumed[5:]] != [m["loss"] for m in reference[5:]]
 
 
+def test_dataloader_iter_draws_from_its_generator_or_the_global_rng():
+    """The fact behind the DataLoader advice in checkpointing's docstring."""
+    from torch.utils.data import DataLoader
+
+    data = list(range(8))
+    state = torch.get_rng_state()
+    iter(DataLoader(data, batch_size=2))
+    assert not torch.equal(torch.get_rng_state(), state)  # global stream advanced
+    state = torch.get_rng_state()
+    generator = torch.Generator().manual_seed(0)
+    generator_state = generator.get_state()
+    iter(DataLoader(data, batch_size=2, generator=generator))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(generator.get_state(), generator_state)
+
+
 def _dump_full_model(model: nn.Module, tmp_step_dir: Path) -> None:
     """write_extra_files hook standing in for the HF export: all ranks gather, rank 0 writes."""
     import torch.distributed as dist

@@ -3,7 +3,7 @@
 Used by the checkpointing tests in-process, in forked gloo ranks (FSDP2) and as a subprocess
 (``python toy_training_loop.py OUT_DIR NUM_STEPS [--resume] [--sleep S]``, or under
 ``torchrun --nproc_per_node 2 ... --fsdp``) that receives SIGTERM.
-The loss depends on the data order (seed, epoch), dropout (global torch RNG, per rank), an
+The loss depends on the data order (DataLoader + DistributedSampler, seed, epoch), dropout (global torch RNG, per rank), an
 extra ``torch.Generator`` (input noise), AdamW state and the lr schedule, so any state the
 checkpoint forgets shows up as a different loss after resuming.
 """
@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.distributed import all_reduce_dict, destroy, get_world_size_and_rank, init_distributed, set_seed
@@ -42,19 +44,27 @@ def build_model() -> nn.Module:
         return nn.Sequential(nn.Linear(8, 32), nn.Dropout(0.3), nn.ReLU(), nn.Linear(32, 4))
 
 
-def dataset() -> tuple[torch.Tensor, torch.Tensor]:
+def build_dataloader(world_size: int, rank: int) -> tuple[DataLoader, DistributedSampler, torch.Generator]:
+    """Fixed random regression data, sharded by a DistributedSampler (order = f(seed, epoch))."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(NUM_SAMPLES, 8, generator=g)  # [N, 8]
-    y = torch.randn(NUM_SAMPLES, 4, generator=g)  # [N, 4]
-    return x, y
+    data = TensorDataset(torch.randn(NUM_SAMPLES, 8, generator=g), torch.randn(NUM_SAMPLES, 4, generator=g))
+    sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=SEED, drop_last=True)
+    loader_generator = torch.Generator()
+    loader = DataLoader(data, batch_size=BATCH_SIZE, sampler=sampler, drop_last=True, generator=loader_generator)
+    return loader, sampler, loader_generator
 
 
-def epoch_batches(epoch: int, world_size: int, rank: int) -> list[torch.Tensor]:
-    """This rank's batch indices for ``epoch``: a function of (seed, epoch) only."""
-    order = torch.randperm(NUM_SAMPLES, generator=torch.Generator().manual_seed(SEED + epoch))
-    mine = order[rank::world_size]
-    num_batches = len(mine) // BATCH_SIZE
-    return [mine[i * BATCH_SIZE : (i + 1) * BATCH_SIZE] for i in range(num_batches)]
+def epoch_batches(
+    loader: DataLoader, sampler: DistributedSampler, loader_generator: torch.Generator, epoch: int, num_to_skip: int
+) -> Iterator[list[torch.Tensor]]:
+    """The epoch's batches after the first ``num_to_skip`` (already trained on before resuming).
+
+    ``iter(loader)`` draws one number from ``loader_generator`` (from the global torch RNG if the
+    loader had none, which would shift the dropout stream of a resumed run): reseed it per epoch.
+    """
+    sampler.set_epoch(epoch)
+    loader_generator.manual_seed(SEED + epoch)
+    return itertools.islice(loader, num_to_skip, None)
 
 
 def run(
@@ -97,7 +107,6 @@ def run(
         fully_shard(model[3], mesh=mesh)
         fully_shard(model, mesh=mesh)
     optimizer = build_adamw(model, lr=1e-2, weight_decay=0.1)
-    steps_per_epoch = NUM_SAMPLES // (BATCH_SIZE * world_size)
     scheduler = cosine_schedule_with_warmup(
         optimizer, num_training_steps=num_steps, num_warmup_steps=2, min_lr_ratio=0.1
     )
@@ -115,7 +124,7 @@ def run(
         position = restored.position
         assert restored.extra == {"note": f"step {position.global_step}"}, restored.extra
     metric_logger = MetricLogger(output_dir, resume_step=position.global_step if resume else None)
-    x_all, y_all = dataset()
+    loader, sampler, loader_generator = build_dataloader(world_size, rank)
 
     def save() -> None:
         checkpointer.save(
@@ -126,10 +135,9 @@ def run(
 
     with PreemptionHandler() as preemption, metric_logger:
         while position.global_step < num_steps:
-            batches = epoch_batches(position.epoch, world_size, rank)
-            for idx in batches[position.step_in_epoch :]:
-                noise = 0.01 * torch.randn(len(idx), 8, generator=noise_generator)
-                loss = nn.functional.mse_loss(model(x_all[idx] + noise), y_all[idx])
+            for x, y in epoch_batches(loader, sampler, loader_generator, position.epoch, position.step_in_epoch):
+                noise = 0.01 * torch.randn(x.shape, generator=noise_generator)  # [B, 8]
+                loss = nn.functional.mse_loss(model(x + noise), y)
                 loss.backward()
                 grad_norm = clip_grad_norm(model.parameters(), max_norm=1.0)
                 optimizer.step()
@@ -155,7 +163,7 @@ def run(
                     break
                 time.sleep(sleep_per_step)
             else:
-                assert position.step_in_epoch == steps_per_epoch
+                assert position.step_in_epoch == len(loader)
                 position = DataPosition(position.epoch + 1, 0, position.global_step)
     return "done"
 
