@@ -66,14 +66,19 @@ def parse_emotion_list(text: str | Sequence[str] | None) -> list[str]:
     Returns:
         The non-empty items, each stripped, lower-cased and stripped again.
     """
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return []
     if isinstance(text, str):
         if text.startswith("["):
             text = text[1:]
         if text.endswith("]"):
             text = text[:-1]
+        if text.isascii():
+            # Fast path: for ASCII, lower-casing the whole string then stripping each item equals
+            # the official strip -> lower -> strip per item.
+            items = text.lower().replace("'", ",").replace('"', ",").split(",")
+            return list(filter(None, map(str.strip, items)))
         items = text.replace("'", ",").replace('"', ",").split(",")
+    elif text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
     elif isinstance(text, (list, tuple)):
         items = text
         for item in items:
@@ -291,6 +296,7 @@ class EmotionWheels:
             self._table[word] = cats
             self._packed[word] = packed
         self._dropped = (None,) * NUM_WHEELS
+        assert "" not in self._packed, "the empty string must not be a table key"
 
     _instance: EmotionWheels | None = None
 
@@ -333,9 +339,15 @@ class EmotionWheels:
         return cats
 
     def map_many(self, words: Iterable[str]) -> list[tuple[str | None, ...]]:
-        """``map_word`` for many words at once (bulk fast path)."""
-        get, dropped = self._table.get, self._dropped
-        return [get(w) or get(w.lower().strip(), dropped) for w in words]
+        """``map_word`` for many words at once (bulk fast path: one C-level pass of lookups)."""
+        words = words if isinstance(words, list) else list(words)
+        out = list(map(self._table.get, words))
+        if None in out:  # words that are not table keys as given: normalise, else dropped
+            get, dropped = self._table.get, self._dropped
+            for i, cats in enumerate(out):
+                if cats is None:
+                    out[i] = get(words[i].lower().strip(), dropped)
+        return out
 
     def map_packed(self, words: Iterable[str]) -> int:
         """All 5 category masks of a word list in one int: wheel k's mask in bits [8k, 8k + 8)."""
@@ -349,6 +361,30 @@ class EmotionWheels:
                 m = get(w.lower().strip(), 0)
             packed |= m
         return packed
+
+    def map_packed_normalized(self, words: Iterable[str]) -> int:
+        """``map_packed`` for words already normalised (e.g. from ``parse_emotion_list``): no
+        second lookup for unknown words, which are dropped."""
+        get = self._packed.get
+        packed = 0
+        for w in words:
+            packed |= get(w, 0)
+        return packed
+
+    def map_text_packed(self, text: str | Sequence[str] | None) -> int:
+        """``map_packed(parse_emotion_list(text))`` for a prediction string or label cell, fast."""
+        if type(text) is str and text.isascii():
+            if text.startswith("["):
+                text = text[1:]
+            if text.endswith("]"):
+                text = text[:-1]
+            # Same items as parse_emotion_list's ASCII path; "" is no table key, so maps to 0.
+            get = self._packed.get
+            packed = 0
+            for item in text.lower().replace("'", ",").replace('"', ",").split(","):
+                packed |= get(item.strip(), 0)
+            return packed
+        return self.map_packed_normalized(parse_emotion_list(text))
 
     def map_masks(self, words: Iterable[str]) -> tuple[int, ...]:
         """Per wheel, the predicted-category bitmask: bit j set <=> ``categories(k)[j]`` predicted."""
