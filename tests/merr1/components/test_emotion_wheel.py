@@ -299,6 +299,16 @@ def test_map_packed_rejects_a_string(wheels):
         wheels.map_masks("happy, sad")
 
 
+@pytest.mark.parametrize("bad", [None, 3, ["happy"]])
+def test_non_string_words_are_rejected(wheels, bad):
+    with pytest.raises(ValueError, match="expected an emotion word"):
+        wheels.map_word(bad)
+    with pytest.raises(ValueError, match="expected an emotion word"):
+        wheels.map_masks([bad])
+    with pytest.raises(ValueError, match="expected an emotion word"):
+        wheels.map_many(["happy", bad])
+
+
 def test_bulk_paths_agree_with_map_word(wheels):
     rng = random.Random(1)
     keys = sorted(wheels.table)
@@ -363,3 +373,13 @@ def test_only_four_w2_words_have_two_categories():
                 owners.setdefault(word, set()).add(row[0])
         doubles = sorted(w for w, cats in owners.items() if len(cats) > 1)
         assert doubles == (["disappointed", "embarrassed", "inferior", "overwhelmed"] if k == 1 else [])
+
+
+def test_remembered_words_are_bounded_and_do_not_change_results():
+    rows = [[("joy", "glad", "cheerful")]] * NUM_WHEELS
+    wheels = EmotionWheels(rows, {"glad": ("joy",) * 5}, max_remembered=2)
+    words = ["Glad", " glad", "GLAD ", "unknown", "Glad"]
+    assert wheels.map_many(words) == [("joy",) * 5] * 3 + [(None,) * 5, ("joy",) * 5]
+    assert wheels.map_packed(words) == sum(1 << (8 * k) for k in range(5))
+    assert len(wheels._lookup) == 1 + 2 and wheels.table == {"glad": ("joy",) * 5}
+    assert [wheels.map_word(w) for w in words] == wheels.map_many(words)
