@@ -131,8 +131,7 @@ def _kept_keys(pairs: list[tuple[int, int]], k: int) -> list[int]:
     # Wheel k's (GT mask << 8 | prediction mask) of the samples whose mapped GT is non-empty;
     # the others are skipped (METHOD section 3).
     shift = BITS_PER_WHEEL * k
-    keys = [(g >> shift & _FIELD) << BITS_PER_WHEEL | (y >> shift & _FIELD) for g, y in pairs]
-    return [key for key in keys if key > _FIELD]
+    return [gk << BITS_PER_WHEEL | (y >> shift & _FIELD) for g, y in pairs if (gk := g >> shift & _FIELD)]
 
 
 def _set_scores(pairs: list[tuple[int, int]]) -> dict[str, Any]:
