@@ -3,11 +3,11 @@
 For each emotion word e of a slow answer y_ans, at the position where e's first token is
 predicted, the current policy gives two next-token distributions:
 
-    p_slow = pi(. | x, y_cot, y_ans<e)        the slow context (prompt + reasoning + answer prefix)
-    p_fast = pi(. | x, y_ans<e)               the fast context (prompt + empty think + the SAME answer tokens)
+    p_slow = pi(. | x, y_cot, y_ans<e)     slow context: prompt + reasoning + answer prefix
+    p_fast = pi(. | x, y_ans<e)            fast context: prompt + empty think + the SAME answer tokens
 
-Category confidence on wheel k:  conf_k(c) = log sum_{t in F_k(c)} p(t) = logsumexp_{t in F_k(c)} log p(t)
-where F_k(c) is the set of FIRST token ids of every wheel-k word of level-1 category c (a token
+Category confidence on wheel k:  conf_k(c) = log sum_{t in F(c)} p(t) = logsumexp_{t in F(c)} log p(t)
+where F(c) is the set of FIRST token ids of every wheel-k word of level-1 category c (a token
 shared by several words counts once: a membership matrix, not counts). Gap:
 
     Delta_k(e) = conf_slow,k(c_k(e)) - conf_fast,k(c_k(e))
@@ -15,48 +15,56 @@ shared by several words counts once: a membership matrix, not counts). Gap:
 Word-level variant (ablation A1): Delta(e) = log p_slow(t_e) - log p_fast(t_e) with t_e the
 word's own first token (the same value on every wheel where e maps).
 
-How the recipe uses this module (step by step; all tensors on any device):
+Spellings. A word's first token depends on what precedes it: byte-level BPE gives different
+tokens for ``happy`` at the answer start and for `` happy`` after ``", "``, and a pre-tokenizer like
+Qwen2's can glue one punctuation byte to a word (``>happy`` right after ``<answer>``, ``,sad``).
+We call "glue" the bytes of the word's first token that come before the word (``""`` and ``" "``
+in the two common cases, ``">"`` in the glued one) and use, for a word with glue g, the sets
+F_g(c) = {first token of g + w : w a word of c} restricted to tokens longer than g (a token that
+is g alone, e.g. a bare space, says nothing about the category and is left out). The sets of
+``""`` (word at answer start) and ``" "`` (word after ", ") are built up front, others on first use.
 
-1. Once: ``table = CategoryFirstTokens.build(tokenizer)``.
-2. After generation: ``words, fast = locate_answer_words(response_ids, response_mask, tokenizer,
-   table, fast_prefix=FAST_THINKING_PREFIX)``. ``words`` lists every located answer word of every
+How the recipe uses this module (step by step; tensors on any device):
+
+1. Once: ``table = CategoryFirstTokens(tokenizer)``.
+2. After generation: ``words, fast = locate_answer_words(response_ids, response_mask, table,
+   fast_prefix=FAST_THINKING_PREFIX)``. ``words`` lists every located answer word of every
    response (row ``b*G+g``) with its position ``slow_position`` in the response tokens and
-   ``fast_position`` in ``fast.ids``, the fast responses: fast-prefix tokens (+ re-encoded text of
-   a token that straddles the answer boundary) + the slow response's answer tokens.
-3. Forward the policy (no grad) on [prompt; response] and on [prompt; fast response] (the same
-   left-padded prompts and media; the fast response plays the role of the response). Position s
-   of a response means the distribution that PREDICTS response token s, i.e. the full-sequence
-   logits at index P - 1 + s (P = padded prompt length): ``response_logits_at(...)`` gathers the
-   rows ``[W, V]``; only those rows of the LM head are needed.
-4. ``gap = slow_fast_gap(slow_logits, fast_logits, words, table, confidence="category"|"word")``
-   (``[W, K]``), then ``batch.extras["calibration"] = CalibrationInputs.from_words(words, gap,
-   num_responses)``; ``merr1.rewards.CalibrationRewards`` turns that into R+ and R-.
+   ``fast_position`` in ``fast.ids``. ``fast`` holds the fast "responses": the fast-prefix tokens
+   (with the answer text of a token that straddles the ``<answer>`` boundary re-encoded after it)
+   + the slow response's own answer tokens.
+3. Two no-grad forwards of the current policy: [prompt; response] and [prompt; fast response]
+   (the same left-padded prompts and media; the fast response plays the role of the response).
+   Position s of a response means the distribution that PREDICTS its token s, i.e. the
+   full-sequence logits at index P - 1 + s (P = padded prompt length); ``response_logits_at``
+   gathers those rows ``[W, V]`` (only these rows of the LM head are needed).
+4. ``gap = slow_fast_gap(slow_logits, fast_logits, words, table, confidence="category")``
+   (``"word"`` for A1) -> ``[W, K]``; ``batch.extras["calibration"] =
+   CalibrationInputs.from_words(words, gap, num_responses)``; ``merr1.rewards.CalibrationRewards``
+   turns that into R+ and R-.
 
-Locating words (robust by design; skipped words are counted in ``AnswerWords.num_skipped``):
-token bytes come from the byte-level BPE alphabet (Qwen2's tokenizer; other tokenizers fall back
-to decoding single tokens); the answer is the content of the last ``<answer>...</answer>``; its
-words are ``parse_emotion_list``'s items, found in order in the (ASCII-lower-cased) answer bytes.
-A word is used only if a token starts exactly at its first byte (spelling "start": no leading
-space) or at the single space before it (spelling "space", e.g. after ", "); a word whose first
-byte falls inside a token (e.g. ``>happy`` merged with the tag, ``,sad``) is skipped, because the
-first-token sets do not describe that position. Unknown words still get a position but map to
-no category, so they carry no gap. The fast context must hold the same answer tokens: if the
-``<answer>`` boundary falls inside a token, the part of that token after the boundary is
-re-encoded after the fast prefix and the answer tokens continue from the next token.
+Locating words (skipped words are counted in ``AnswerWords.num_skipped``): token bytes come from
+the byte-level BPE alphabet (Qwen2's tokenizer; other tokenizers fall back to decoding single
+tokens); the answer is the content of the last complete ``<answer>...</answer>`` (as
+``extract_answer``); its words are ``parse_emotion_list``'s items, found in order in the
+ASCII-lower-cased answer bytes (a word not found that way is skipped). A word whose first token
+straddles the ``<answer>`` boundary is located in the re-encoded fast head as well and is skipped
+if the fast head tokenizes it differently (other glue or other token). Unknown words get a
+position but map to no category, so they carry no gap. Responses without a complete answer
+(no tags, truncated) get no words and a fast response of the prefix alone.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from merr1.components.emotion_wheel import EmotionWheels, parse_emotion_list
-
-SPELLINGS = ("start", "space")  # index 0: word with no leading space; 1: word after a space
 
 
 def _default_fast_prefix() -> str:
@@ -70,171 +78,7 @@ def _default_fast_prefix() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# First-token sets per category
-
-
-@dataclass(frozen=True)
-class CategoryFirstTokens:
-    """First-token membership of every level-1 category of every wheel, for both spellings.
-
-    The categories of all wheels are stacked into one flat axis of size C = sum_k C_k: wheel k's
-    category j is flat index ``offsets[k] + j``.
-
-    Attributes:
-        categories: per wheel, the level-1 categories in ``EmotionWheels.categories(k)`` order.
-        offsets: flat index of each wheel's first category.
-        token_ids: the union of all first tokens. # [U] int64
-        membership: membership[s, u, c] = token_ids[u] is the first token (spelling s) of some
-            word of flat category c. # [2, U, C] bool
-    """
-
-    categories: tuple[tuple[str, ...], ...]
-    offsets: tuple[int, ...]
-    token_ids: torch.Tensor
-    membership: torch.Tensor
-
-    @property
-    def num_categories(self) -> int:
-        return self.membership.shape[-1]
-
-    @classmethod
-    def build(cls, tokenizer, wheels: EmotionWheels | None = None) -> "CategoryFirstTokens":
-        """First tokens of ``word`` (spelling "start") and ``" " + word`` (spelling "space").
-
-        Args:
-            tokenizer: a HF tokenizer (``encode``-able without special tokens).
-            wheels: the emotion wheels (default ``EmotionWheels.load()``).
-        """
-        wheels = wheels or EmotionWheels.load()
-        categories = tuple(tuple(wheels.categories(k)) for k in range(wheels.NUM_WHEELS))
-        offsets, total = [], 0
-        for cats in categories:
-            offsets.append(total)
-            total += len(cats)
-        words: list[str] = []
-        flat_category: list[int] = []
-        for k, cats in enumerate(categories):
-            by_category = wheels.category_words(k)
-            for j, name in enumerate(cats):
-                for word in by_category.get(name, ()):
-                    words.append(word)
-                    flat_category.append(offsets[k] + j)
-        pairs: set[tuple[int, int, int]] = set()  # (spelling, token id, flat category)
-        for spelling, texts in enumerate((words, [" " + w for w in words])):
-            for ids, c in zip(_encode_many(tokenizer, texts), flat_category):
-                if ids:
-                    pairs.add((spelling, ids[0], c))
-        token_ids = sorted({t for _, t, _ in pairs})
-        column = {t: u for u, t in enumerate(token_ids)}
-        membership = torch.zeros(len(SPELLINGS), len(token_ids), total, dtype=torch.bool)
-        if pairs:
-            index = torch.tensor([(s, column[t], c) for s, t, c in pairs], dtype=torch.int64)
-            membership[index[:, 0], index[:, 1], index[:, 2]] = True
-        return cls(
-            categories=categories,
-            offsets=tuple(offsets),
-            token_ids=torch.tensor(token_ids, dtype=torch.int64),
-            membership=membership,
-        )
-
-    def flat_index(self, k: int, category: str) -> int:
-        """Flat index of ``category`` on wheel ``k``."""
-        return self.offsets[k] + self.categories[k].index(category)
-
-
-def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Confidence math (vectorized)
-
-
-def category_log_confidence(
-    logits: torch.Tensor,
-    spelling: torch.Tensor,
-    table: CategoryFirstTokens,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """conf(c) = logsumexp of the log-probs of category c's first tokens, for every category.
-
-    Args:
-        logits: next-token logits at the word positions. # [W, V]
-        spelling: which first-token sets to use per row (0 "start", 1 "space"). # [W]
-        table: the first-token membership.
-        temperature: logits are divided by it before the softmax.
-
-    Returns:
-        log confidences, float32, >= log(float64 tiny) ~ -708 (never -inf). # [W, C]
-    """
-    logits = logits.float() / temperature
-    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [W, 1]
-    token_ids = table.token_ids.to(logits.device)
-    member = logits.index_select(-1, token_ids)  # [W, U]
-    top = member.amax(-1, keepdim=True) if member.shape[-1] else torch.zeros_like(log_norm)
-    # exp in float64: a category far below the row's best member must not underflow to 0.
-    scaled = (member - top).double().exp()  # [W, U]
-    membership = table.membership.to(device=logits.device, dtype=torch.float64)  # [2, U, C]
-    sums = torch.stack([scaled @ membership[0], scaled @ membership[1]], dim=1)  # [W, 2, C]
-    sums = sums.gather(1, spelling.to(logits.device).view(-1, 1, 1).expand(-1, 1, sums.shape[-1])).squeeze(1)
-    log_sums = sums.clamp_min(torch.finfo(torch.float64).tiny).log()  # [W, C]
-    return (log_sums + (top - log_norm).double()).float()
-
-
-def token_log_prob(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token) of one token per row. # logits [W, V], token_ids [W] -> [W] float32"""
-    logits = logits.float() / temperature
-    picked = logits.gather(-1, token_ids.to(logits.device).view(-1, 1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Locating answer words in token ids
-
-
-@dataclass
-class AnswerWords:
-    """Every located answer word of a batch of responses (flat over words).
-
-    Attributes:
-        words: the parsed answer words. [W]
-        response_index: the response (row ``b*G+g``) of each word. # [W] int64
-        slow_position: index of the word's first token in the response tokens. # [W] int64
-        fast_position: index of the same token in the fast response tokens. # [W] int64
-        spelling: 0 if the first token starts at the word ("start"), 1 if at the space before it. # [W]
-        token_id: the word's first token id (A1). # [W] int64
-        category: flat category index per wheel (``CategoryFirstTokens``), -1 = unmapped. # [W, K]
-        category_mask: ``1 << j`` for the word's category j of wheel k, 0 = unmapped. # [W, K] int64
-        num_skipped: words of the answers that could not be located or aligned (see module docstring).
-    """
-
-    words: list[str]
-    response_index: torch.Tensor
-    slow_position: torch.Tensor
-    fast_position: torch.Tensor
-    spelling: torch.Tensor
-    token_id: torch.Tensor
-    category: torch.Tensor
-    category_mask: torch.Tensor
-    num_skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-
-@dataclass
-class FastResponses:
-    """The fast-thinking "responses": fast prefix + the slow answer tokens, right-padded.
-
-    Attributes:
-        ids: # [R, T_f] int64, padded with ``pad_token_id``
-        mask: True on real tokens. # [R, T_f] bool
-    """
-
-    ids: torch.Tensor
-    mask: torch.Tensor
+# Token bytes
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -267,11 +111,12 @@ class TokenBytes:
         self._cache: dict[int, bytes] = {}
 
     def __call__(self, ids: Sequence[int]) -> list[bytes]:
-        missing = [i for i in set(ids) if i not in self._cache]
+        cache = self._cache
+        missing = [i for i in set(ids) if i not in cache]
         if missing:
             for i, token in zip(missing, self.tokenizer.convert_ids_to_tokens(missing)):
-                self._cache[i] = self._token_bytes(i, token)
-        return [self._cache[i] for i in ids]
+                cache[i] = self._token_bytes(i, token)
+        return [cache[i] for i in ids]
 
     def _token_bytes(self, token_id: int, token: str | None) -> bytes:
         if token_id in self.special_ids or token is None:
@@ -281,16 +126,221 @@ class TokenBytes:
         return self.tokenizer.decode([token_id]).encode("utf-8")
 
 
+# ---------------------------------------------------------------------------------------------
+# First-token sets per category
+
+
+class CategoryFirstTokens:
+    """First-token sets F_g(c) of every level-1 category of every wheel, per glue g.
+
+    The categories of all wheels are stacked into one flat axis of size C = sum_k C_k: wheel k's
+    category j is flat index ``offsets[k] + j``. Spelling ids index ``spellings`` (the glue
+    strings): 0 is ``""`` (word at answer start), 1 is ``" "`` (word after ", "); more are added on
+    first use by ``spelling_index``.
+
+    Args:
+        tokenizer: the policy's HF tokenizer.
+        wheels: the emotion wheels (default ``EmotionWheels.load()``).
+    """
+
+    def __init__(self, tokenizer, wheels: EmotionWheels | None = None) -> None:
+        wheels = wheels or EmotionWheels.load()
+        self.tokenizer = tokenizer
+        self.token_bytes = TokenBytes(tokenizer)
+        self.num_wheels = wheels.NUM_WHEELS
+        self.categories = tuple(tuple(wheels.categories(k)) for k in range(self.num_wheels))
+        offsets, total = [], 0
+        for cats in self.categories:
+            offsets.append(total)
+            total += len(cats)
+        self.offsets = tuple(offsets)
+        self.num_categories = total
+        self._words: list[str] = []
+        self._word_category: list[int] = []
+        for k, cats in enumerate(self.categories):
+            by_category = wheels.category_words(k)
+            for j, name in enumerate(cats):
+                for word in by_category.get(name, ()):
+                    self._words.append(word)
+                    self._word_category.append(offsets[k] + j)
+        self._index = {name: j for k in range(self.num_wheels) for j, name in enumerate(self.categories[k])}
+        self.spellings: list[str] = []
+        self._sets: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._spelling_ids: dict[str, int] = {}
+        self.spelling_index("")
+        self.spelling_index(" ")
+
+    def flat_index(self, k: int, category: str) -> int:
+        """Flat index of ``category`` on wheel ``k``."""
+        return self.offsets[k] + self.categories[k].index(category)
+
+    def spelling_index(self, glue: str) -> int:
+        """The spelling id of ``glue`` (its first-token sets are built on first use)."""
+        if glue not in self._spelling_ids:
+            self._spelling_ids[glue] = len(self.spellings)
+            self.spellings.append(glue)
+            self._sets.append(self._build_sets(glue))
+        return self._spelling_ids[glue]
+
+    def first_tokens(self, spelling: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_ids [U] int64, membership [U, C] bool)`` of a spelling id."""
+        return self._sets[spelling]
+
+    def token_set(self, spelling: int, flat_category: int) -> set[int]:
+        """F_g(c) as a Python set (inspection and tests)."""
+        token_ids, membership = self._sets[spelling]
+        return set(token_ids[membership[:, flat_category]].tolist())
+
+    def _build_sets(self, glue: str) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [glue + w for w in self._words]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        firsts = [ids[0] if ids else -1 for ids in encoded]
+        glue_len = len(glue.encode("utf-8"))
+        lengths = dict(zip(set(firsts) - {-1}, map(len, self.token_bytes(list(set(firsts) - {-1})))))
+        pairs = {(t, c) for t, c in zip(firsts, self._word_category) if t >= 0 and lengths[t] > glue_len}
+        token_ids = sorted({t for t, _ in pairs})
+        column = {t: u for u, t in enumerate(token_ids)}
+        membership = torch.zeros(len(token_ids), self.num_categories, dtype=torch.bool)
+        if pairs:
+            index = torch.tensor([(column[t], c) for t, c in pairs], dtype=torch.int64)
+            membership[index[:, 0], index[:, 1]] = True
+        return torch.tensor(token_ids, dtype=torch.int64), membership
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence math (vectorized over words; a loop over the few distinct spellings only)
+
+
+def category_log_confidence(
+    logits: torch.Tensor,
+    spelling: torch.Tensor,
+    table: CategoryFirstTokens,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """conf(c) = logsumexp of the log-probs of category c's first tokens, for every category.
+
+    Args:
+        logits: next-token logits at the word positions. # [W, V]
+        spelling: spelling id of each row (``table.spellings``). # [W]
+        table: the first-token sets.
+        temperature: logits are divided by it before the softmax.
+
+    Returns:
+        float32 log confidences, >= log(float64 tiny) ~ -708 (an empty set gives that floor, never
+        -inf). # [W, C]
+    """
+    logits = logits.float() / temperature
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [W, 1]
+    floor = torch.finfo(torch.float64).tiny
+    out = torch.full((logits.shape[0], table.num_categories), math.log(floor), dtype=torch.float64, device=logits.device)
+    spelling = spelling.to(logits.device)
+    for s in torch.unique(spelling).tolist():
+        rows = (spelling == s).nonzero().squeeze(-1)  # [W_s]
+        token_ids, membership = table.first_tokens(s)
+        if token_ids.numel() == 0:
+            continue
+        member = logits[rows][:, token_ids.to(logits.device)]  # [W_s, U]
+        top = member.amax(-1, keepdim=True)  # [W_s, 1]
+        # exp in float64: a category far below the row's best member must not underflow to 0.
+        sums = (member - top).double().exp() @ membership.to(device=logits.device, dtype=torch.float64)  # [W_s, C]
+        out[rows] = sums.clamp_min(floor).log() + (top - log_norm[rows]).double()
+    return out.float()
+
+
+def token_log_prob(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) of one token per row. # logits [W, V], token_ids [W] -> [W] float32"""
+    logits = logits.float() / temperature
+    picked = logits.gather(-1, token_ids.to(logits.device).view(-1, 1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating answer words in token ids
+
+
+@dataclass
+class AnswerWords:
+    """Every located answer word of a batch of responses (flat over words).
+
+    Attributes:
+        words: the parsed answer words. [W]
+        response_index: the response (row ``b*G+g``) of each word. # [W] int64
+        slow_position: index of the word's first token in the response tokens. # [W] int64
+        fast_position: index of the same token in the fast response tokens. # [W] int64
+        spelling: spelling id (``CategoryFirstTokens.spellings``: the token's bytes before the word). # [W]
+        token_id: the word's first token id (A1). # [W] int64
+        category: flat category index per wheel (``CategoryFirstTokens``), -1 = unmapped. # [W, K]
+        category_mask: ``1 << j`` for the word's category j of wheel k, 0 = unmapped. # [W, K] int64
+        num_skipped: answer words that could not be located (see the module docstring).
+    """
+
+    words: list[str]
+    response_index: torch.Tensor
+    slow_position: torch.Tensor
+    fast_position: torch.Tensor
+    spelling: torch.Tensor
+    token_id: torch.Tensor
+    category: torch.Tensor
+    category_mask: torch.Tensor
+    num_skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+@dataclass
+class FastResponses:
+    """The fast-thinking "responses": fast prefix + the slow answer tokens, right-padded.
+
+    Attributes:
+        ids: # [R, T_f] int64, padded with ``pad_token_id``
+        mask: True on real tokens (a prefix of each row). # [R, T_f] bool
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
+_TAIL_TOKENS = 128  # the answer sits at the end: look there first, at the whole response if needed
+
+
+def _find_answer(
+    ids: list[int], token_bytes: TokenBytes, open_tag: bytes, close_tag: bytes
+) -> tuple[bytes, list[int], int, int] | None:
+    """The last complete answer: ``(text, starts, a0, a1)`` or None.
+
+    ``text`` holds the bytes of the tokens from some index on (the tail window, or the whole
+    response if the tail has no complete answer); ``starts[t]`` is token t's byte offset in
+    ``text`` (-1 for the tokens before the window, which never hold answer bytes); the answer
+    content is ``text[a0:a1]``: from the last opening tag that a closing tag follows to the first
+    closing tag after it, as ``extract_answer``.
+    """
+    for first in (len(ids) - _TAIL_TOKENS, 0) if len(ids) > _TAIL_TOKENS else (0,):
+        pieces = token_bytes(ids[first:])
+        text = b"".join(pieces)
+        close = text.rfind(close_tag)
+        opening = text.rfind(open_tag, 0, close) if close >= 0 else -1
+        if opening >= 0:
+            starts = [-1] * first + list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
+            a0 = opening + len(open_tag)
+            return text, starts, a0, text.find(close_tag, a0)
+    return None
+
+
+def _token_at(starts: list[int], text: bytes, p: int) -> tuple[int, bytes]:
+    """Index of the token holding byte ``p`` and its bytes before ``p`` (the glue)."""
+    t = bisect.bisect_right(starts, p) - 1
+    return t, text[starts[t] : p]
+
+
 def locate_answer_words(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
-    tokenizer,
     table: CategoryFirstTokens,
     *,
     fast_prefix: str | None = None,
     answer_tags: tuple[str, str] = ("<answer>", "</answer>"),
     pad_token_id: int | None = None,
-    token_bytes: TokenBytes | None = None,
     wheels: EmotionWheels | None = None,
 ) -> tuple[AnswerWords, FastResponses]:
     """Find each answer word's first token in the responses and build the fast responses.
@@ -298,18 +348,15 @@ def locate_answer_words(
     Args:
         response_ids: generated tokens, right-padded. # [R, T]
         response_mask: True on generated tokens (a prefix of each row). # [R, T]
-        tokenizer: the policy's tokenizer.
-        table: ``CategoryFirstTokens.build(tokenizer)`` (for the flat category indices).
+        table: ``CategoryFirstTokens(tokenizer)`` (tokenizer, token bytes, spellings, categories).
         fast_prefix: the fast-thinking response prefix (default
             ``merr1.components.prompts.FAST_THINKING_PREFIX``, i.e. ``<think></think><answer>``).
-        answer_tags: opening and closing answer tags; the LAST complete pair is the answer.
+        answer_tags: opening and closing answer tags.
         pad_token_id: padding of ``FastResponses.ids`` (default the tokenizer's pad id, else 0).
-        token_bytes: a reusable ``TokenBytes(tokenizer)`` cache (built if None).
         wheels: default ``EmotionWheels.load()``.
 
     Returns:
-        ``(words, fast)``; a response without a complete answer gets no words and a fast response
-        made of the prefix tokens alone.
+        ``(words, fast)`` (module docstring).
     """
     if response_ids.shape != response_mask.shape or response_ids.dim() != 2:
         raise ValueError(
@@ -318,13 +365,14 @@ def locate_answer_words(
     lengths = response_mask.sum(-1)  # [R]
     if not bool((response_mask.long().cumprod(-1).sum(-1) == lengths).all()):
         raise ValueError("response_mask must be True on a prefix of each row (right-padded responses)")
+    tokenizer, token_bytes = table.tokenizer, table.token_bytes
     fast_prefix = _default_fast_prefix() if fast_prefix is None else fast_prefix
-    token_bytes = token_bytes or TokenBytes(tokenizer)
     wheels = wheels or EmotionWheels.load()
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     open_tag, close_tag = (t.encode("utf-8") for t in answer_tags)
     prefix_ids = tokenizer.encode(fast_prefix, add_special_tokens=False)
+    prefix_len = len(fast_prefix.encode("utf-8"))
     word_category = _WordCategories(wheels, table)
 
     rows: list[tuple[int, int, int, int, int]] = []  # response, slow pos, fast pos, spelling, token
@@ -338,14 +386,17 @@ def locate_answer_words(
             fast_rows.append(list(prefix_ids))
             continue
         text, starts, a0, a1 = found
-        # First token starting inside the answer; the answer bytes before it (the rest of a token
-        # that straddles the opening tag) are re-encoded after the prefix.
+        # Answer tokens: from the first token starting inside the answer; the answer bytes before
+        # it (the rest of a token that straddles the opening tag) are re-encoded with the prefix.
         t_first = bisect.bisect_left(starts, a0)
         t_end = bisect.bisect_left(starts, a1)
         bridge = text[a0 : min(starts[t_first], a1)] if t_first < len(starts) else text[a0:a1]
-        head = prefix_ids
+        head, head_text, head_starts = prefix_ids, b"", []
         if bridge:
             head = tokenizer.encode(fast_prefix + bridge.decode("utf-8", "replace"), add_special_tokens=False)
+            pieces = token_bytes(head)
+            head_text = b"".join(pieces)
+            head_starts = list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
         fast_rows.append(head + ids[t_first:t_end])
 
         answer = text[a0:a1]
@@ -358,25 +409,25 @@ def locate_answer_words(
                 num_skipped += 1
                 continue
             cursor = at + len(encoded)
-            p = a0 + at
-            t = bisect.bisect_right(starts, p) - 1
-            if starts[t] == p:
-                spelling = 0
-            elif starts[t] == p - 1 and text[p - 1 : p] == b" ":
-                spelling = 1
-            else:  # the word starts inside a token
+            t, glue = _token_at(starts, text, a0 + at)
+            if t >= t_first:
+                fast_position = len(head) + t - t_first
+            else:  # the word starts in the token straddling the tag: find it in the fast head
+                ht, head_glue = _token_at(head_starts, head_text, prefix_len + at)
+                if head_glue != glue or head[ht] != ids[t]:
+                    num_skipped += 1
+                    continue
+                fast_position = ht
+            try:
+                spelling = table.spelling_index(glue.decode("utf-8"))
+            except UnicodeDecodeError:
                 num_skipped += 1
                 continue
-            if t < t_first:  # only possible with an opening tag that ends in a space
-                num_skipped += 1
-                continue
-            assert t < t_end, "an answer word must start before the closing tag"
             words.append(word)
-            rows.append((r, t, len(head) + t - t_first, spelling, ids[t]))
+            rows.append((r, t, fast_position, spelling, ids[t]))
 
-    categories = [word_category(w) for w in words]
+    category = torch.tensor([word_category(w) for w in words], dtype=torch.int64).reshape(len(words), table.num_wheels)
     info = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5)
-    category = torch.tensor(categories, dtype=torch.int64).reshape(len(words), EmotionWheels.NUM_WHEELS)
     answer_words = AnswerWords(
         words=words,
         response_index=info[:, 0],
@@ -397,30 +448,6 @@ def locate_answer_words(
     return answer_words, FastResponses(ids=fast_ids, mask=fast_mask)
 
 
-_TAIL_TOKENS = 128  # the answer sits at the end: look there first, the whole response if needed
-
-
-def _find_answer(
-    ids: list[int], token_bytes: TokenBytes, open_tag: bytes, close_tag: bytes
-) -> tuple[bytes, list[int], int, int] | None:
-    """The last complete answer: ``(text, starts, a0, a1)`` or None.
-
-    ``text`` holds the bytes of the tokens from some index ``first`` on (the tail window, or the
-    whole response if the tail has no complete answer); ``starts[t]`` is token t's byte offset in
-    ``text`` (-1 for the tokens before ``first``, which never hold answer bytes); the answer
-    content is ``text[a0:a1]``.
-    """
-    for first in (len(ids) - _TAIL_TOKENS, 0) if len(ids) > _TAIL_TOKENS else (0,):
-        pieces = token_bytes(ids[first:])
-        text = b"".join(pieces)
-        close = text.rfind(close_tag)
-        opening = text.rfind(open_tag, 0, close) if close >= 0 else -1
-        if opening >= 0:
-            starts = [-1] * first + list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
-            return text, starts, opening + len(open_tag), close
-    return None
-
-
 class _WordCategories:
     """Word -> flat category index per wheel (-1 unmapped), cached."""
 
@@ -432,9 +459,7 @@ class _WordCategories:
     def __call__(self, word: str) -> tuple[int, ...]:
         if word not in self._cache:
             mapped = self.wheels.map_word(word)
-            self._cache[word] = tuple(
-                -1 if c is None else self.table.flat_index(k, c) for k, c in enumerate(mapped)
-            )
+            self._cache[word] = tuple(-1 if c is None else self.table.flat_index(k, c) for k, c in enumerate(mapped))
         return self._cache[word]
 
     def masks(self, category: torch.Tensor) -> torch.Tensor:
@@ -480,15 +505,15 @@ def slow_fast_gap(
         slow_logits: logits predicting each word's first token in the slow context. # [W, V]
         fast_logits: the same in the fast context. # [W, V]
         words: from ``locate_answer_words``.
-        table: first-token sets.
+        table: the first-token sets.
         confidence: ``"category"`` (METHOD section 4) or ``"word"`` (A1: log p of the word's own
-            first token, the same on every wheel).
+            first token, the same value on every wheel where the word maps).
         temperature: logits are divided by it.
 
     Returns:
-        float32 gaps, 0 where the word is unmapped on a wheel (``category_mask == 0``). # [W, K]
+        float32 gaps, 0 where the word is unmapped on a wheel (``category == -1``). # [W, K]
     """
-    if slow_logits.shape != fast_logits.shape or slow_logits.shape[0] != len(words):
+    if slow_logits.shape != fast_logits.shape or slow_logits.dim() != 2 or slow_logits.shape[0] != len(words):
         raise ValueError(
             f"slow_logits {tuple(slow_logits.shape)} and fast_logits {tuple(fast_logits.shape)} must be [W={len(words)}, V]"
         )
@@ -516,7 +541,7 @@ class CalibrationInputs:
         response_index: response (row ``b*G+g``) of each word. # [W] int64
         category_mask: per-wheel category bitmask of each word (0 = unmapped). # [W, K] int64
         gap: slow-fast gap Delta_k of each word (ignored where ``category_mask == 0``). # [W, K] float32
-        num_responses: num_prompts * G (words are optional: a response may have none).
+        num_responses: num_prompts * G (a response may have no words).
     """
 
     response_index: torch.Tensor
@@ -526,6 +551,7 @@ class CalibrationInputs:
 
     @classmethod
     def from_words(cls, words: AnswerWords, gap: torch.Tensor, num_responses: int) -> "CalibrationInputs":
+        """Package ``slow_fast_gap``'s output (moved to CPU) for the reward."""
         return cls(
             response_index=words.response_index.cpu(),
             category_mask=words.category_mask.cpu(),

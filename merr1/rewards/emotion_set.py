@@ -37,17 +37,27 @@ from dataclasses import dataclass
 
 import torch
 
-from merr1.components.emotion_wheel import EmotionWheels, extract_answer, parse_emotion_list
+from merr1.components.emotion_wheel import (
+    ANSWER_FALLBACKS,
+    ANSWER_SCHEMES,
+    BITS_PER_WHEEL,
+    EmotionWheels,
+    extract_answer,
+    parse_emotion_list,
+)
 from merr1.rewards.base import RewardBatch, RewardOutput
-
-ANSWER_SCHEMES = ("answer", "boxed", "boxed_first")
-ANSWER_FALLBACKS = ("none", "full")
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def ground_truth_masks(labels: tuple[str, ...]) -> tuple[int, ...]:
-    """Per-wheel GT bitmasks of a parsed label list (cached per label tuple)."""
-    return EmotionWheels.load().map_masks(list(labels))
+def ground_truth_packed(labels: tuple[str, ...]) -> int:
+    """GT category masks of a parsed label list, packed as in ``EmotionWheels.map_packed`` (cached)."""
+    return EmotionWheels.load().map_packed(labels)
+
+
+def unpack_masks(packed: torch.Tensor) -> torch.Tensor:
+    """``map_packed`` ints -> per-wheel bitmasks. # [N] int64 -> [N, K] int64"""
+    shifts = torch.arange(EmotionWheels.NUM_WHEELS, dtype=torch.int64) * BITS_PER_WHEEL
+    return (packed[:, None] >> shifts) & ((1 << BITS_PER_WHEEL) - 1)
 
 
 @dataclass
@@ -67,24 +77,23 @@ class ParsedAnswers:
 
 def parse_answers(answers: list[str | None]) -> ParsedAnswers:
     """Parse and map extracted answers (``None`` = no answer)."""
-    wheels = EmotionWheels.load()
-    empty = (0,) * EmotionWheels.NUM_WHEELS
-    masks: list[tuple[int, ...]] = []
+    map_packed = EmotionWheels.load().map_packed
+    packed: list[int] = []
     num_words: list[int] = []
     num_distinct: list[int] = []
     for answer in answers:
         words = parse_emotion_list(answer) if answer else []
-        masks.append(wheels.map_masks(words) if words else empty)
+        packed.append(map_packed(words))
         num_words.append(len(words))
         num_distinct.append(len(set(words)))
     return ParsedAnswers(
-        pred_masks=torch.tensor(masks, dtype=torch.int64).reshape(len(answers), EmotionWheels.NUM_WHEELS),
+        pred_masks=unpack_masks(torch.tensor(packed, dtype=torch.int64)),
         num_words=torch.tensor(num_words, dtype=torch.float32),
         num_distinct_words=torch.tensor(num_distinct, dtype=torch.float32),
     )
 
 
-def popcount(x: torch.Tensor, num_bits: int = 16) -> torch.Tensor:
+def popcount(x: torch.Tensor, num_bits: int = BITS_PER_WHEEL) -> torch.Tensor:
     """Number of set bits of non-negative int64 values below ``2**num_bits`` (elementwise)."""
     shifts = torch.arange(num_bits, dtype=x.dtype, device=x.device)
     return ((x.unsqueeze(-1) >> shifts) & 1).sum(-1)
@@ -131,9 +140,8 @@ def set_scores(
 
 def batch_gt_masks(labels: list[list[str]], group_size: int) -> torch.Tensor:
     """GT bitmasks per response (each prompt's repeated G times). # [num_prompts * G, K]"""
-    per_prompt = [ground_truth_masks(tuple(words)) for words in labels]
-    gt = torch.tensor(per_prompt, dtype=torch.int64).reshape(len(labels), EmotionWheels.NUM_WHEELS)
-    return gt.repeat_interleave(group_size, dim=0)
+    packed = torch.tensor([ground_truth_packed(tuple(words)) for words in labels], dtype=torch.int64)
+    return unpack_masks(packed).repeat_interleave(group_size, dim=0)
 
 
 class _SetReward:
