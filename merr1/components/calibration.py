@@ -558,3 +558,65 @@ class CalibrationInputs:
             gap=gap.detach().float().cpu(),
             num_responses=num_responses,
         )
+
+
+class SlowFastCalibration:
+    """YAML component bundling the SFCC steps for a recipe (module docstring, steps 1-4).
+
+    Args:
+        confidence: ``"category"`` (MER-R1) or ``"word"`` (ablation A1).
+        temperature: logits are divided by it (1.0: the policy's own distribution).
+        fast_prefix: fast-thinking response prefix; None = ``prompts.FAST_THINKING_PREFIX``.
+        answer_tags: opening and closing answer tags.
+
+    Usage::
+
+        calibration.setup(tokenizer)                                   # once
+        words, fast = calibration.locate(response_ids, response_mask)  # after generation
+        slow_logits = response_logits_at(slow_full_logits, P, words.response_index, words.slow_position)
+        fast_logits = response_logits_at(fast_full_logits, P, words.response_index, words.fast_position)
+        batch.extras["calibration"] = calibration.inputs(slow_logits, fast_logits, words, num_responses)
+    """
+
+    def __init__(
+        self,
+        confidence: str = "category",
+        temperature: float = 1.0,
+        fast_prefix: str | None = None,
+        answer_tags: Sequence[str] = ("<answer>", "</answer>"),
+    ) -> None:
+        if confidence not in ("category", "word"):
+            raise ValueError(f"confidence must be 'category' or 'word', got {confidence!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if len(answer_tags) != 2:
+            raise ValueError(f"answer_tags must be (opening, closing), got {answer_tags!r}")
+        self.confidence = confidence
+        self.temperature = temperature
+        self.fast_prefix = fast_prefix
+        self.answer_tags = (str(answer_tags[0]), str(answer_tags[1]))
+        self.table: CategoryFirstTokens | None = None
+
+    def setup(self, tokenizer, wheels: EmotionWheels | None = None) -> None:
+        """Build the first-token sets for the policy's tokenizer."""
+        self.table = CategoryFirstTokens(tokenizer, wheels)
+
+    def _table(self) -> CategoryFirstTokens:
+        if self.table is None:
+            raise ValueError("SlowFastCalibration.setup(tokenizer) must be called first")
+        return self.table
+
+    def locate(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> tuple[AnswerWords, FastResponses]:
+        """``locate_answer_words`` with this component's prefix and tags."""
+        return locate_answer_words(
+            response_ids, response_mask, self._table(), fast_prefix=self.fast_prefix, answer_tags=self.answer_tags
+        )
+
+    def inputs(
+        self, slow_logits: torch.Tensor, fast_logits: torch.Tensor, words: AnswerWords, num_responses: int
+    ) -> CalibrationInputs:
+        """Gaps -> ``CalibrationInputs`` for ``batch.extras["calibration"]``."""
+        gap = slow_fast_gap(
+            slow_logits, fast_logits, words, self._table(), confidence=self.confidence, temperature=self.temperature
+        )
+        return CalibrationInputs.from_words(words, gap, num_responses)
