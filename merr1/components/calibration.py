@@ -67,14 +67,15 @@ import torch
 from merr1.components.emotion_wheel import EmotionWheels, parse_emotion_list
 
 
-def _default_fast_prefix() -> str:
+def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
+    """``FAST_THINKING_PREFIX`` and its ids as the data module encodes them (piece by piece)."""
     try:
-        from merr1.components.prompts import FAST_THINKING_PREFIX
+        from merr1.components.prompts import FAST_THINKING_PREFIX, encode_fast_prefix
     except ImportError as err:  # the data branch owns the constant
         raise ValueError(
-            "fast_prefix not given and merr1.components.prompts.FAST_THINKING_PREFIX is unavailable"
+            "fast_prefix not given and merr1.components.prompts is unavailable: pass fast_prefix"
         ) from err
-    return FAST_THINKING_PREFIX
+    return FAST_THINKING_PREFIX, list(encode_fast_prefix(tokenizer, "mer_r1"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +168,8 @@ class CategoryFirstTokens:
         self.spellings: list[str] = []
         self._sets: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._spelling_ids: dict[str, int] = {}
+        # (fast prefix, its ids) -> bridge bytes -> encoded fast head (filled by locate_answer_words)
+        self.fast_heads: dict[tuple[str, tuple[int, ...]], dict[bytes, tuple[list[int], bytes, list[int]]]] = {}
         self.spelling_index("")
         self.spelling_index(" ")
 
@@ -339,6 +342,7 @@ def locate_answer_words(
     table: CategoryFirstTokens,
     *,
     fast_prefix: str | None = None,
+    fast_prefix_ids: Sequence[int] | None = None,
     answer_tags: tuple[str, str] = ("<answer>", "</answer>"),
     pad_token_id: int | None = None,
     wheels: EmotionWheels | None = None,
@@ -351,6 +355,8 @@ def locate_answer_words(
         table: ``CategoryFirstTokens(tokenizer)`` (tokenizer, token bytes, spellings, categories).
         fast_prefix: the fast-thinking response prefix (default
             ``merr1.components.prompts.FAST_THINKING_PREFIX``, i.e. ``<think></think><answer>``).
+        fast_prefix_ids: its token ids exactly as fast thinking is prompted (default: with the
+            default prefix ``prompts.encode_fast_prefix(tokenizer)``, else the tokenized string).
         answer_tags: opening and closing answer tags.
         pad_token_id: padding of ``FastResponses.ids`` (default the tokenizer's pad id, else 0).
         wheels: default ``EmotionWheels.load()``.
@@ -366,24 +372,25 @@ def locate_answer_words(
     if not bool((response_mask.long().cumprod(-1).sum(-1) == lengths).all()):
         raise ValueError("response_mask must be True on a prefix of each row (right-padded responses)")
     tokenizer, token_bytes = table.tokenizer, table.token_bytes
-    fast_prefix = _default_fast_prefix() if fast_prefix is None else fast_prefix
+    if fast_prefix is None:
+        fast_prefix, default_ids = _default_fast_prefix(tokenizer)
+        fast_prefix_ids = default_ids if fast_prefix_ids is None else fast_prefix_ids
+    elif fast_prefix_ids is None:
+        fast_prefix_ids = tokenizer(fast_prefix, add_special_tokens=False)["input_ids"]
     wheels = wheels or EmotionWheels.load()
     if pad_token_id is None:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     open_tag, close_tag = (t.encode("utf-8") for t in answer_tags)
-    prefix_ids = tokenizer.encode(fast_prefix, add_special_tokens=False)
     prefix_len = len(fast_prefix.encode("utf-8"))
     word_category = _WordCategories(wheels, table)
 
-    rows: list[tuple[int, int, int, int, int]] = []  # response, slow pos, fast pos, spelling, token
-    words: list[str] = []
-    fast_rows: list[list[int]] = []
-    num_skipped = 0
-    for r, (row, length) in enumerate(zip(response_ids.tolist(), lengths.tolist())):
+    # Pass 1: the answer span of each response and the answer bytes that straddle the opening tag.
+    spans: list[tuple[list[int], bytes, list[int], int, int, int, int, bytes] | None] = []
+    for row, length in zip(response_ids.tolist(), lengths.tolist()):
         ids = row[:length]
         found = _find_answer(ids, token_bytes, open_tag, close_tag)
         if found is None:
-            fast_rows.append(list(prefix_ids))
+            spans.append(None)
             continue
         text, starts, a0, a1 = found
         # Answer tokens: from the first token starting inside the answer; the answer bytes before
@@ -391,14 +398,21 @@ def locate_answer_words(
         t_first = bisect.bisect_left(starts, a0)
         t_end = bisect.bisect_left(starts, a1)
         bridge = text[a0 : min(starts[t_first], a1)] if t_first < len(starts) else text[a0:a1]
-        head, head_text, head_starts = prefix_ids, b"", []
-        if bridge:
-            head = tokenizer.encode(fast_prefix + bridge.decode("utf-8", "replace"), add_special_tokens=False)
-            pieces = token_bytes(head)
-            head_text = b"".join(pieces)
-            head_starts = list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
-        fast_rows.append(head + ids[t_first:t_end])
+        spans.append((ids, text, starts, a0, a1, t_first, t_end, bridge))
+    heads = _fast_heads(table, fast_prefix, list(fast_prefix_ids), {span[-1] for span in spans if span is not None})
 
+    # Pass 2: the words of each answer, their tokens and their fast positions.
+    rows: list[tuple[int, int, int, int, int]] = []  # response, slow pos, fast pos, spelling, token
+    words: list[str] = []
+    fast_rows: list[list[int]] = []
+    num_skipped = 0
+    for r, span in enumerate(spans):
+        if span is None:
+            fast_rows.append(heads[b""][0])
+            continue
+        ids, text, starts, a0, a1, t_first, t_end, bridge = span
+        head, head_text, head_starts = heads[bridge]
+        fast_rows.append(head + ids[t_first:t_end])
         answer = text[a0:a1]
         lowered = answer.lower()
         cursor = 0
@@ -440,12 +454,32 @@ def locate_answer_words(
         num_skipped=num_skipped,
     )
     width = max((len(f) for f in fast_rows), default=0)
-    fast_ids = torch.full((len(fast_rows), width), pad_token_id, dtype=torch.int64)
-    fast_mask = torch.zeros((len(fast_rows), width), dtype=torch.bool)
-    for r, f in enumerate(fast_rows):
-        fast_ids[r, : len(f)] = torch.tensor(f, dtype=torch.int64)
-        fast_mask[r, : len(f)] = True
-    return answer_words, FastResponses(ids=fast_ids, mask=fast_mask)
+    fast_ids = torch.tensor([f + [pad_token_id] * (width - len(f)) for f in fast_rows], dtype=torch.int64)
+    fast_mask = torch.tensor([[True] * len(f) + [False] * (width - len(f)) for f in fast_rows], dtype=torch.bool)
+    return answer_words, FastResponses(ids=fast_ids.reshape(len(fast_rows), width), mask=fast_mask.reshape(len(fast_rows), width))
+
+
+def _fast_heads(
+    table: CategoryFirstTokens, fast_prefix: str, prefix_ids: list[int], bridges: set[bytes]
+) -> dict[bytes, tuple[list[int], bytes, list[int]]]:
+    """Bridge -> (fast head token ids, their bytes, token byte offsets), batched and cached.
+
+    No bridge: the exact prefix ids. A bridge (answer bytes of a token straddling the opening tag)
+    is re-encoded together with the prefix string, so that the glued word gets the same local
+    tokenization as in the slow response. Cached on the table (a bridge is at most one token's
+    tail, so the cache stays small).
+    """
+    cache = table.fast_heads.setdefault((fast_prefix, tuple(prefix_ids)), {})
+    if b"" not in cache:
+        pieces = table.token_bytes(prefix_ids)
+        cache[b""] = (prefix_ids, b"".join(pieces), list(itertools.accumulate(map(len, pieces), initial=0))[:-1])
+    missing = sorted(bridges - set(cache))
+    if missing:
+        texts = [fast_prefix + b.decode("utf-8", "replace") for b in missing]
+        for bridge, ids in zip(missing, table.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            pieces = table.token_bytes(ids)
+            cache[bridge] = (ids, b"".join(pieces), list(itertools.accumulate(map(len, pieces), initial=0))[:-1])
+    return cache
 
 
 class _WordCategories:
@@ -571,7 +605,7 @@ class SlowFastCalibration:
 
     Usage::
 
-        calibration.setup(tokenizer)                                   # once
+        calibration.setup(tokenizer, prompts.encode_fast_prefix(tokenizer))  # once
         words, fast = calibration.locate(response_ids, response_mask)  # after generation
         slow_logits = response_logits_at(slow_full_logits, P, words.response_index, words.slow_position)
         fast_logits = response_logits_at(fast_full_logits, P, words.response_index, words.fast_position)
@@ -597,9 +631,21 @@ class SlowFastCalibration:
         self.answer_tags = (str(answer_tags[0]), str(answer_tags[1]))
         self.table: CategoryFirstTokens | None = None
 
-    def setup(self, tokenizer, wheels: EmotionWheels | None = None) -> None:
-        """Build the first-token sets for the policy's tokenizer."""
+    def setup(self, tokenizer, fast_prefix_ids: Sequence[int] | None = None, wheels: EmotionWheels | None = None) -> None:
+        """Build the first-token sets for the policy's tokenizer and fix the fast prefix.
+
+        Args:
+            tokenizer: the policy's tokenizer.
+            fast_prefix_ids: the prefix ids exactly as fast thinking is prompted (default: see
+                ``locate_answer_words``).
+            wheels: default ``EmotionWheels.load()``.
+        """
         self.table = CategoryFirstTokens(tokenizer, wheels)
+        if self.fast_prefix is None:
+            prefix, ids = _default_fast_prefix(tokenizer)
+        else:
+            prefix, ids = self.fast_prefix, tokenizer(self.fast_prefix, add_special_tokens=False)["input_ids"]
+        self._prefix = (prefix, list(ids) if fast_prefix_ids is None else list(fast_prefix_ids))
 
     def _table(self) -> CategoryFirstTokens:
         if self.table is None:
@@ -608,8 +654,10 @@ class SlowFastCalibration:
 
     def locate(self, response_ids: torch.Tensor, response_mask: torch.Tensor) -> tuple[AnswerWords, FastResponses]:
         """``locate_answer_words`` with this component's prefix and tags."""
+        table = self._table()
+        prefix, prefix_ids = self._prefix
         return locate_answer_words(
-            response_ids, response_mask, self._table(), fast_prefix=self.fast_prefix, answer_tags=self.answer_tags
+            response_ids, response_mask, table, fast_prefix=prefix, fast_prefix_ids=prefix_ids, answer_tags=self.answer_tags
         )
 
     def inputs(

@@ -320,3 +320,24 @@ def test_component_validation(tok):
         SlowFastCalibration(confidence="token")
     with pytest.raises(ValueError, match="setup"):
         SlowFastCalibration(fast_prefix=PREFIX).locate(torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_exact_fast_prefix_ids_are_used(tok, table):
+    # The data module encodes the prefix piece by piece; the fast responses must start with those ids.
+    piecewise = enc(tok, "<think>") + enc(tok, "</think>") + enc(tok, "<answer>")
+    response = enc(tok, "<think>r</think><answer>") + enc(tok, "happy") + enc(tok, "</answer>")
+    ids, mask = batch_ids([response])
+    words, fast = locate_answer_words(ids, mask, table, fast_prefix=PREFIX, fast_prefix_ids=piecewise)
+    assert fast.ids[0, : len(piecewise)].tolist() == piecewise
+    assert words.fast_position.tolist() == [len(piecewise)]
+    assert fast.ids[0, len(piecewise)].item() == words.token_id[0].item()
+
+
+def test_default_prefix_comes_from_prompts(tok, table):
+    prompts = pytest.importorskip("merr1.components.prompts")
+    response = enc(tok, "<think>r</think><answer>") + enc(tok, "sad") + enc(tok, "</answer>")
+    ids, mask = batch_ids([response])
+    _, fast = locate_answer_words(ids, mask, table)
+    prefix_ids = prompts.encode_fast_prefix(tok)
+    assert fast.ids[0, : len(prefix_ids)].tolist() == list(prefix_ids)
+    assert tok.decode(fast.ids[0, : fast.mask[0].sum()]) == prompts.FAST_THINKING_PREFIX + "sad"
