@@ -113,11 +113,13 @@ class TokenBytes:
 
     def __call__(self, ids: Sequence[int]) -> list[bytes]:
         cache = self._cache
-        missing = [i for i in set(ids) if i not in cache]
-        if missing:
+        try:
+            return [cache[i] for i in ids]
+        except KeyError:
+            missing = [i for i in set(ids) if i not in cache]
             for i, token in zip(missing, self.tokenizer.convert_ids_to_tokens(missing)):
                 cache[i] = self._token_bytes(i, token)
-        return [cache[i] for i in ids]
+            return [cache[i] for i in ids]
 
     def _token_bytes(self, token_id: int, token: str | None) -> bytes:
         if token_id in self.special_ids or token is None:
@@ -304,30 +306,27 @@ class FastResponses:
     mask: torch.Tensor
 
 
-_TAIL_TOKENS = 128  # the answer sits at the end: look there first, at the whole response if needed
+_TAIL_TOKENS = 32  # the answer sits at the end: look there first, at the whole response if needed
 
 
 def _find_answer(
     ids: list[int], token_bytes: TokenBytes, open_tag: bytes, close_tag: bytes
 ) -> tuple[bytes, list[int], int, int] | None:
-    """The last complete answer: ``(text, starts, a0, a1)`` or None.
+    """The last complete answer in ``ids``: ``(text, starts, a0, a1)`` or None.
 
-    ``text`` holds the bytes of the tokens from some index on (the tail window, or the whole
-    response if the tail has no complete answer); ``starts[t]`` is token t's byte offset in
-    ``text`` (-1 for the tokens before the window, which never hold answer bytes); the answer
-    content is ``text[a0:a1]``: from the last opening tag that a closing tag follows to the first
-    closing tag after it, as ``extract_answer``.
+    ``text`` is the bytes of ``ids``, ``starts[t]`` token t's byte offset, and the answer content
+    is ``text[a0:a1]``: from the last opening tag that a closing tag follows to the first closing
+    tag after it, as ``extract_answer``.
     """
-    for first in (len(ids) - _TAIL_TOKENS, 0) if len(ids) > _TAIL_TOKENS else (0,):
-        pieces = token_bytes(ids[first:])
-        text = b"".join(pieces)
-        close = text.rfind(close_tag)
-        opening = text.rfind(open_tag, 0, close) if close >= 0 else -1
-        if opening >= 0:
-            starts = [-1] * first + list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
-            a0 = opening + len(open_tag)
-            return text, starts, a0, text.find(close_tag, a0)
-    return None
+    pieces = token_bytes(ids)
+    text = b"".join(pieces)
+    close = text.rfind(close_tag)
+    opening = text.rfind(open_tag, 0, close) if close >= 0 else -1
+    if opening < 0:
+        return None
+    starts = list(itertools.accumulate(map(len, pieces), initial=0))[:-1]
+    a0 = opening + len(open_tag)
+    return text, starts, a0, text.find(close_tag, a0)
 
 
 def _token_at(starts: list[int], text: bytes, p: int) -> tuple[int, bytes]:
@@ -368,8 +367,9 @@ def locate_answer_words(
         raise ValueError(
             f"response_ids {tuple(response_ids.shape)} and response_mask {tuple(response_mask.shape)} must be equal [R, T]"
         )
+    num_rows, width = response_ids.shape
     lengths = response_mask.sum(-1)  # [R]
-    if not bool((response_mask.long().cumprod(-1).sum(-1) == lengths).all()):
+    if not torch.equal(response_mask, torch.arange(width, device=lengths.device) < lengths[:, None]):
         raise ValueError("response_mask must be True on a prefix of each row (right-padded responses)")
     tokenizer, token_bytes = table.tokenizer, table.token_bytes
     if fast_prefix is None:
@@ -384,11 +384,19 @@ def locate_answer_words(
     prefix_len = len(fast_prefix.encode("utf-8"))
     word_category = _WordCategories(wheels, table)
 
-    # Pass 1: the answer span of each response and the answer bytes that straddle the opening tag.
-    spans: list[tuple[list[int], bytes, list[int], int, int, int, int, bytes] | None] = []
-    for row, length in zip(response_ids.tolist(), lengths.tolist()):
-        ids = row[:length]
+    # Pass 1: the answer span of each response (searched in its last tokens first) and the answer
+    # bytes that straddle the opening tag.
+    tail = min(_TAIL_TOKENS, width)
+    tail_start = (lengths - tail).clamp_min(0)  # [R]
+    tail_index = (tail_start[:, None] + torch.arange(tail, device=lengths.device)).clamp_max(max(width - 1, 0))
+    tails = response_ids.gather(1, tail_index).tolist() if width else [[] for _ in range(num_rows)]
+    spans: list[tuple[int, list[int], bytes, list[int], int, int, int, int, bytes] | None] = []
+    for r, (offset, length) in enumerate(zip(tail_start.tolist(), lengths.tolist())):
+        ids = tails[r][: length - offset]
         found = _find_answer(ids, token_bytes, open_tag, close_tag)
+        if found is None and offset > 0:
+            offset, ids = 0, response_ids[r, :length].tolist()
+            found = _find_answer(ids, token_bytes, open_tag, close_tag)
         if found is None:
             spans.append(None)
             continue
@@ -398,7 +406,7 @@ def locate_answer_words(
         t_first = bisect.bisect_left(starts, a0)
         t_end = bisect.bisect_left(starts, a1)
         bridge = text[a0 : min(starts[t_first], a1)] if t_first < len(starts) else text[a0:a1]
-        spans.append((ids, text, starts, a0, a1, t_first, t_end, bridge))
+        spans.append((offset, ids, text, starts, a0, a1, t_first, t_end, bridge))
     heads = _fast_heads(table, fast_prefix, list(fast_prefix_ids), {span[-1] for span in spans if span is not None})
 
     # Pass 2: the words of each answer, their tokens and their fast positions.
@@ -410,7 +418,7 @@ def locate_answer_words(
         if span is None:
             fast_rows.append(heads[b""][0])
             continue
-        ids, text, starts, a0, a1, t_first, t_end, bridge = span
+        offset, ids, text, starts, a0, a1, t_first, t_end, bridge = span
         head, head_text, head_starts = heads[bridge]
         fast_rows.append(head + ids[t_first:t_end])
         answer = text[a0:a1]
@@ -438,7 +446,7 @@ def locate_answer_words(
                 num_skipped += 1
                 continue
             words.append(word)
-            rows.append((r, t, fast_position, spelling, ids[t]))
+            rows.append((r, offset + t, fast_position, spelling, ids[t]))
 
     category = torch.tensor([word_category(w) for w in words], dtype=torch.int64).reshape(len(words), table.num_wheels)
     info = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5)

@@ -25,38 +25,47 @@ import re
 
 from merr1.rewards.base import RewardBatch, RewardOutput, to_grid
 
-# Each scheme: the blocks as (opening, closing, content) regexes, and the literal tags that a
-# strict response holds exactly once each (the boxed opening twice). Counting tags with str.count
-# and matching lazily is much faster than a per-character "no tag inside" lookahead, and equivalent.
-_SCHEMES: dict[str, tuple[list[tuple[str, str, str]], dict[str, int]]] = {
-    "think_answer": (
-        [(r"<think>", r"</think>", r".*?"), (r"<answer>", r"</answer>", r".*?")],
-        {"<think>": 1, "</think>": 1, "<answer>": 1, "</answer>": 1},
-    ),
-    "answer_think_answer": (
-        [(r"\\boxed\{", r"\}", r"[^{}]*"), (r"<think>", r"</think>", r".*?"), (r"\\boxed\{", r"\}", r"[^{}]*")],
-        {"\\boxed{": 2, "<think>": 1, "</think>": 1},
-    ),
-    "emo_r3_steps": (
-        [
-            (r"<step1>", r"</step1>", r".*?"),
-            (r"<step2>", r"</step2>", r".*?"),
-            (r"<step3>", r"</step3>", r".*?"),
-            (r"<answer>", r"</answer>", r".*?"),
-        ],
-        dict.fromkeys(("<step1>", "</step1>", "<step2>", "</step2>", "<step3>", "</step3>", "<answer>", "</answer>"), 1),
-    ),
+# Each scheme: its blocks as (opening tag, closing tag) literals; a block content is free text
+# (boxes: no braces). In strict mode a content may not hold any tag of the scheme.
+_SCHEMES: dict[str, list[tuple[str, str]]] = {
+    "think_answer": [("<think>", "</think>"), ("<answer>", "</answer>")],
+    "answer_think_answer": [("\\boxed{", "}"), ("<think>", "</think>"), ("\\boxed{", "}")],
+    "emo_r3_steps": [("<step1>", "</step1>"), ("<step2>", "</step2>"), ("<step3>", "</step3>"), ("<answer>", "</answer>")],
 }
 
 FORMAT_SCHEMES = tuple(_SCHEMES)
 
 
-def format_pattern(scheme: str) -> re.Pattern[str]:
-    """The compiled layout regex of ``scheme`` (blocks separated by optional whitespace)."""
+def _text_without(tags: list[str]) -> str:
+    """Regex for text holding none of ``tags`` ("tempered" form: a lookahead only at the tags'
+    first characters, so long contents are scanned by a fast character-class loop)."""
+    firsts = sorted({t[0] for t in tags})
+    chars = "".join(re.escape(c) for c in firsts)
+    guards = "|".join(
+        re.escape(c) + "(?!" + "|".join(re.escape(t[1:]) for t in tags if t[0] == c) + ")" for c in firsts
+    )
+    return f"[^{chars}]*(?:(?:{guards})[^{chars}]*)*"
+
+
+def format_patterns(scheme: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """``(strict, lazy)`` layout regexes of ``scheme``; blocks separated by optional whitespace.
+
+    ``strict``: block contents hold no tag of the scheme (use with ``fullmatch``). ``lazy``: the
+    paper-style ``<think>.*?</think>\\s*<answer>.*?</answer>`` (use with ``match``).
+    """
     if scheme not in _SCHEMES:
         raise ValueError(f"unknown format scheme {scheme!r}; choose one of {FORMAT_SCHEMES}")
-    blocks, _ = _SCHEMES[scheme]
-    return re.compile(r"\s*".join(opening + content + closing for opening, closing, content in blocks), re.DOTALL)
+    blocks = _SCHEMES[scheme]
+    tags = sorted({t for block in blocks for t in block if t != "}"})
+    strict, lazy = [], []
+    for opening, closing in blocks:
+        if closing == "}":  # a box: brace-free content
+            content = lazy_content = "[^{}]*"
+        else:
+            content, lazy_content = _text_without(tags), ".*?"
+        strict.append(re.escape(opening) + content + re.escape(closing))
+        lazy.append(re.escape(opening) + lazy_content + re.escape(closing))
+    return re.compile(r"\s*".join(strict), re.DOTALL), re.compile(r"\s*".join(lazy), re.DOTALL)
 
 
 class FormatReward:
@@ -70,16 +79,15 @@ class FormatReward:
     def __init__(self, scheme: str = "think_answer", strict: bool = False) -> None:
         self.scheme = scheme
         self.strict = strict
-        self._pattern = format_pattern(scheme)
-        self._tag_counts = tuple(_SCHEMES[scheme][1].items())
+        self._strict, self._lazy = format_patterns(scheme)
 
     def score(self, response: str) -> float:
         """1.0 if ``response`` has the layout, else 0.0."""
-        if not self.strict:
-            return 1.0 if self._pattern.match(response.lstrip()) is not None else 0.0
-        if any(response.count(tag) != n for tag, n in self._tag_counts):
-            return 0.0
-        return 1.0 if self._pattern.fullmatch(response) is not None else 0.0
+        if self.strict:
+            return 1.0 if self._strict.fullmatch(response) is not None else 0.0
+        # A well-formed prefix matches the fast strict pattern; only malformed ones need the lazy scan.
+        head = response.lstrip()
+        return 1.0 if self._strict.match(head) is not None or self._lazy.match(head) is not None else 0.0
 
     def __call__(self, batch: RewardBatch) -> RewardOutput:
         values = [self.score(r) for group in batch.responses for r in group]

@@ -341,3 +341,13 @@ def test_default_prefix_comes_from_prompts(tok, table):
     prefix_ids = prompts.encode_fast_prefix(tok)
     assert fast.ids[0, : len(prefix_ids)].tolist() == list(prefix_ids)
     assert tok.decode(fast.ids[0, : fast.mask[0].sum()]) == prompts.FAST_THINKING_PREFIX + "sad"
+
+
+def test_empty_rows_and_empty_batch(tok, table):
+    response = enc(tok, "<answer>sad</answer>")
+    ids, mask = batch_ids([response, []])
+    words, fast = locate_answer_words(ids, mask, table, fast_prefix=PREFIX)
+    assert words.words == ["sad"] and fast.ids.shape[0] == 2
+    assert fast.ids[1, : fast.mask[1].sum()].tolist() == enc(tok, PREFIX)
+    words, fast = locate_answer_words(torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0, dtype=torch.bool), table, fast_prefix=PREFIX)
+    assert len(words) == 0 and fast.ids.shape == (0, 0)
