@@ -92,76 +92,166 @@ def test_proposition_2_f1_advantage_favours_larger_sigma_over_mu_squared(low_mea
 
 
 # ---------------------------------------------------------------------------------------------
-# Advantage groups: every variant is a config (these YAML snippets are the recipe configs' source)
+# Every variant is a config: these YAML snippets (reward components, calibration, advantage
+# groups) are the source for the recipe configs.
+
+_R = "merr1.rewards"
+_ADV = "_component_: merr1.components.advantages.AdvantageGroups"
+_CALI = "_component_: merr1.components.calibration.SlowFastCalibration"
+_MER_R1_REWARDS = f"""
+rewards:
+  - _component_: {_R}.RecallReward
+  - _component_: {_R}.PrecisionReward
+  - _component_: {_R}.FormatReward
+    scheme: think_answer
+    strict: false
+  - _component_: {_R}.CalibrationRewards
+"""
 
 VARIANT_YAML = {
-    "baseline": """
-groups:
-  - {name: base, weight: 1.0, rewards: {f1: 1.0, format: 1.0}}
+    "baseline": f"""
+rewards:
+  - _component_: {_R}.F1Reward
+  - _component_: {_R}.FormatReward
+    scheme: think_answer
+advantage:
+  {_ADV}
+  groups:
+    - {{name: base, weight: 1.0, rewards: {{f1: 1.0, format: 1.0}}}}
 """,
-    "trl_default": """
-groups:
-  - {name: total, weight: 1.0, rewards: {recall: 1.0, precision: 1.0, format: 1.0}}
+    "trl_default": f"""
+rewards:
+  - _component_: {_R}.RecallReward
+  - _component_: {_R}.PrecisionReward
+  - _component_: {_R}.FormatReward
+advantage:
+  {_ADV}
+  groups:
+    - {{name: total, weight: 1.0, rewards: {{recall: 1.0, precision: 1.0, format: 1.0}}}}
 """,
-    "rd": """
-groups:
-  - {name: rd, weight: 1.0, rewards: {recall: 1.0, precision: 1.0, format: 1.0}}
+    "rd": f"""
+rewards:
+  - _component_: {_R}.RecallReward
+  - _component_: {_R}.PrecisionReward
+  - _component_: {_R}.FormatReward
+advantage:
+  {_ADV}
+  groups:
+    - {{name: rd, weight: 1.0, rewards: {{recall: 1.0, precision: 1.0, format: 1.0}}}}
 """,
-    "rd_ad": """
-groups:
-  - {name: recall, weight: 1.0, rewards: {recall: 1.0}}
-  - {name: precision, weight: 1.0, rewards: {precision: 1.0}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "rd_ad": f"""
+rewards:
+  - _component_: {_R}.RecallReward
+  - _component_: {_R}.PrecisionReward
+  - _component_: {_R}.FormatReward
+advantage:
+  {_ADV}
+  groups:
+    - {{name: recall, weight: 1.0, rewards: {{recall: 1.0}}}}
+    - {{name: precision, weight: 1.0, rewards: {{precision: 1.0}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    "mer_r1": """
-groups:
-  - {name: recall, weight: 1.0, rewards: {recall: 1.0}}
-  - {name: precision, weight: 1.0, rewards: {precision: 1.0}}
-  - {name: cali_pos, weight: 0.1, rewards: {cali_pos: 1.0}}
-  - {name: cali_neg, weight: 0.1, rewards: {cali_neg: 1.0}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "mer_r1": _MER_R1_REWARDS + f"""
+calibration:
+  {_CALI}
+  confidence: category
+advantage:
+  {_ADV}
+  groups:
+    - {{name: recall, weight: 1.0, rewards: {{recall: 1.0}}}}
+    - {{name: precision, weight: 1.0, rewards: {{precision: 1.0}}}}
+    - {{name: cali_pos, weight: 0.1, rewards: {{cali_pos: 1.0}}}}
+    - {{name: cali_neg, weight: 0.1, rewards: {{cali_neg: 1.0}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    # A1: the MER-R1 groups; the calibration is computed with confidence: word.
-    "a1_word_level": """
-groups:
-  - {name: recall, weight: 1.0, rewards: {recall: 1.0}}
-  - {name: precision, weight: 1.0, rewards: {precision: 1.0}}
-  - {name: cali_pos, weight: 0.1, rewards: {cali_pos: 1.0}}
-  - {name: cali_neg, weight: 0.1, rewards: {cali_neg: 1.0}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "a1_word_level": _MER_R1_REWARDS + f"""
+calibration:
+  {_CALI}
+  confidence: word
+advantage:
+  {_ADV}
+  groups:
+    - {{name: recall, weight: 1.0, rewards: {{recall: 1.0}}}}
+    - {{name: precision, weight: 1.0, rewards: {{precision: 1.0}}}}
+    - {{name: cali_pos, weight: 0.1, rewards: {{cali_pos: 1.0}}}}
+    - {{name: cali_neg, weight: 0.1, rewards: {{cali_neg: 1.0}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    "a2_no_cali_neg": """
-groups:
-  - {name: recall, weight: 1.0, rewards: {recall: 1.0}}
-  - {name: precision, weight: 1.0, rewards: {precision: 1.0}}
-  - {name: cali_pos, weight: 0.1, rewards: {cali_pos: 1.0}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "a2_no_cali_neg": _MER_R1_REWARDS + f"""
+calibration:
+  {_CALI}
+  confidence: category
+advantage:
+  {_ADV}
+  groups:
+    - {{name: recall, weight: 1.0, rewards: {{recall: 1.0}}}}
+    - {{name: precision, weight: 1.0, rewards: {{precision: 1.0}}}}
+    - {{name: cali_pos, weight: 0.1, rewards: {{cali_pos: 1.0}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    "b1_reward_space_calibration": """
-groups:
-  - {name: recall, weight: 1.0, rewards: {recall: 1.0}}
-  - {name: precision, weight: 1.0, rewards: {precision: 1.0}}
-  - {name: cali, weight: 0.1, rewards: {cali_pos: 1.0, cali_neg: 1.0}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "b1_reward_space_calibration": _MER_R1_REWARDS + f"""
+calibration:
+  {_CALI}
+  confidence: category
+advantage:
+  {_ADV}
+  groups:
+    - {{name: recall, weight: 1.0, rewards: {{recall: 1.0}}}}
+    - {{name: precision, weight: 1.0, rewards: {{precision: 1.0}}}}
+    - {{name: cali, weight: 0.1, rewards: {{cali_pos: 1.0, cali_neg: 1.0}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    "b2_mixed_before_normalization": """
-groups:
-  - {name: dual_cali, weight: 1.0, rewards: {recall: 1.0, precision: 1.0, cali_pos: 0.1, cali_neg: 0.1}}
-  - {name: format, weight: 0.1, rewards: {format: 1.0}}
+    "b2_mixed_before_normalization": _MER_R1_REWARDS + f"""
+calibration:
+  {_CALI}
+  confidence: category
+advantage:
+  {_ADV}
+  groups:
+    - {{name: dual_cali, weight: 1.0, rewards: {{recall: 1.0, precision: 1.0, cali_pos: 0.1, cali_neg: 0.1}}}}
+    - {{name: format, weight: 0.1, rewards: {{format: 1.0}}}}
 """,
-    "videoauto_r1": """
-groups:
-  - {name: answers, weight: 1.0, rewards: {early_answer: 0.9, final_answer: 1.1, format: 1.0}}
+    "videoauto_r1": f"""
+rewards:
+  - _component_: {_R}.VideoAutoAnswerRewards
+    metric: f1
+  - _component_: {_R}.FormatReward
+    scheme: answer_think_answer
+advantage:
+  {_ADV}
+  groups:
+    - {{name: answers, weight: 1.0, rewards: {{early_answer: 0.9, final_answer: 1.1, format: 1.0}}}}
 """,
-    "emo_r3": """
-groups:
-  - {name: total, weight: 1.0, rewards: {f1: 0.8, text_recheck: 0.05, modality_recheck: 0.05, format: 0.1}}
+    "emo_r3": f"""
+rewards:
+  - _component_: {_R}.F1Reward
+  - _component_: {_R}.ReflectiveRewards
+  - _component_: {_R}.FormatReward
+    scheme: emo_r3_steps
+advantage:
+  {_ADV}
+  groups:
+    - {{name: total, weight: 1.0, rewards: {{f1: 0.8, text_recheck: 0.05, modality_recheck: 0.05, format: 0.1}}}}
 """,
-    "demo": """
-groups:
-  - {name: total, weight: 1.0, rewards: {recall: 1.0, precision: 1.0, format: 0.1}}
+    "demo": f"""
+rewards:
+  - _component_: {_R}.RecallReward
+    duplicate_penalty: true
+  - _component_: {_R}.PrecisionReward
+    duplicate_penalty: true
+  - _component_: {_R}.FormatReward
+    scheme: think_answer
+    strict: true
+advantage:
+  {_ADV}
+  groups:
+    - {{name: total, weight: 1.0, rewards: {{recall: 1.0, precision: 1.0, format: 0.1}}}}
 """,
 }
+
+
+def variant_groups(variant: str) -> list[dict]:
+    return yaml.safe_load(VARIANT_YAML[variant])["advantage"]["groups"]
 
 
 def n(x):
@@ -202,7 +292,7 @@ def random_rewards():
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_YAML))
 def test_variant_config_matches_formula(variant, random_rewards):
-    advantage = AdvantageGroups(**yaml.safe_load(VARIANT_YAML[variant]))
+    advantage = AdvantageGroups(variant_groups(variant))
     out, stats = advantage(random_rewards)
     assert out.shape == (16, 4)
     assert torch.isfinite(out).all()
@@ -212,7 +302,7 @@ def test_variant_config_matches_formula(variant, random_rewards):
 
 
 def test_variants_differ_where_the_paper_says():
-    cfg = {name: yaml.safe_load(text)["groups"] for name, text in VARIANT_YAML.items()}
+    cfg = {name: variant_groups(name) for name in VARIANT_YAML}
     assert cfg["a1_word_level"] == cfg["mer_r1"]  # A1 changes the calibration, not the groups
     assert cfg["trl_default"] == [dict(cfg["rd"][0], name="total")]
     assert {g["name"] for g in cfg["mer_r1"]} - {g["name"] for g in cfg["a2_no_cali_neg"]} == {"cali_neg"}
@@ -238,7 +328,7 @@ def test_stats_values():
 
 def test_all_correct_and_all_wrong_groups_get_zero_advantage():
     rewards = {"recall": torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), "precision": torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])}
-    out, _ = AdvantageGroups(yaml.safe_load(VARIANT_YAML["rd_ad"])["groups"][:2])(rewards)
+    out, _ = AdvantageGroups(variant_groups("rd_ad")[:2])(rewards)
     assert torch.equal(out, torch.zeros(2, 3))
 
 
@@ -280,3 +370,42 @@ def test_bad_rewards(rewards, match):
 def test_shape_mismatch_between_rewards():
     with pytest.raises(ValueError, match="shape"):
         AdvantageGroups([{"name": "g", "rewards": {"a": 1.0, "b": 1.0}}])({"a": torch.zeros(2, 3), "b": torch.zeros(2, 4)})
+
+
+def _variant_batch():
+    from merr1.components.calibration import CalibrationInputs
+    from merr1.rewards import RewardBatch
+
+    slow = "<think>she smiles</think><answer>happy, sad</answer>"
+    boxed = r"\boxed{Let's analyze}<think>she smiles</think>\boxed{happy}"
+    steps = "<step1>a smile</step1><step2>joy</step2><step3>positive</step3><answer>happy</answer>"
+    responses = [[slow, boxed, steps, "junk"], [slow, slow, boxed, steps]]
+    calibration = CalibrationInputs(
+        response_index=torch.tensor([0, 0, 4, 5]),
+        category_mask=torch.tensor([[8, 32, 4, 1, 16], [4, 8, 32, 8, 4], [8, 32, 4, 1, 16], [8, 32, 4, 1, 16]]),
+        gap=torch.tensor([[0.5] * 5, [-0.2] * 5, [0.1] * 5, [0.3] * 5]),
+        num_responses=8,
+    )
+    extras = {"calibration": calibration, "reflective_generate": lambda queries: ["happy" if q.kind == "text" else "yes" for q in queries]}
+    return RewardBatch(responses=responses, labels=[["happy"], ["sad", "happy"]], extras=extras)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_YAML))
+def test_variant_yaml_instantiates_and_runs(variant):
+    # torchtune's instantiate CALLS each _component_ with the YAML keys, as the recipes will.
+    from omegaconf import OmegaConf
+    from torchtune import config
+
+    from merr1.rewards import merge_outputs
+
+    cfg = OmegaConf.create(VARIANT_YAML[variant])
+    rewards = [config.instantiate(node) for node in cfg.rewards]
+    advantage = config.instantiate(cfg.advantage)
+    batch = _variant_batch()
+    merged = merge_outputs([reward(batch) for reward in rewards])
+    assert advantage.reward_names <= set(merged.rewards)
+    out, stats = advantage(merged.rewards)
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+    if "calibration" in cfg:
+        calibration = config.instantiate(cfg.calibration)
+        assert calibration.confidence == ("word" if variant == "a1_word_level" else "category")
