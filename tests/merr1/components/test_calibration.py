@@ -351,3 +351,20 @@ def test_empty_rows_and_empty_batch(tok, table):
     assert fast.ids[1, : fast.mask[1].sum()].tolist() == enc(tok, PREFIX)
     words, fast = locate_answer_words(torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0, dtype=torch.bool), table, fast_prefix=PREFIX)
     assert len(words) == 0 and fast.ids.shape == (0, 0)
+
+
+@pytest.mark.gpu
+def test_confidence_and_gap_on_cuda_match_cpu(table):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 512, generator=g) * 5
+    spelling = torch.randint(0, 2, (64,), generator=g)
+    cpu = category_log_confidence(logits, spelling, table)
+    cuda = category_log_confidence(logits.cuda().bfloat16(), spelling.cuda(), table)
+    assert cuda.device.type == "cuda" and cuda.dtype == torch.float32
+    torch.testing.assert_close(cuda.cpu(), category_log_confidence(logits.bfloat16(), spelling, table), atol=1e-4, rtol=1e-4)
+    assert (cuda.cpu() - cpu).abs().max() < 0.2  # bf16 logits: close to the float32 values
+    words = _one_word(table, "happy", 0, table.first_tokens(0)[0][0].item())
+    gap = slow_fast_gap(logits[:1].cuda(), logits[1:2].cuda(), words, table)
+    torch.testing.assert_close(gap.cpu(), slow_fast_gap(logits[:1], logits[1:2], words, table), atol=1e-5, rtol=1e-5)

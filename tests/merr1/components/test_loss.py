@@ -155,3 +155,21 @@ def test_component_wraps_function():
     assert a.item() == b.item()
     with pytest.raises(ValueError, match="max_len"):
         GRPOLoss(aggregation="dr_grpo")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
+def test_loss_on_cuda_matches_cpu(aggregation):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = torch.Generator().manual_seed(0)
+    logprobs, old, ref = (torch.randn(8, 16, generator=g) * 0.1 for _ in range(3))
+    adv, mask = torch.randn(8, generator=g), torch.rand(8, 16, generator=g) > 0.2
+    kwargs = dict(aggregation=aggregation, max_len=16, beta=0.04, clip_high=0.28)
+    cpu, cpu_stats = grpo_loss(logprobs, adv, mask, old, ref, **kwargs)
+    cuda, cuda_stats = grpo_loss(logprobs.cuda(), adv.cuda(), mask.cuda(), old.cuda(), ref.cuda(), **kwargs)
+    assert cuda.device.type == "cuda"
+    assert cuda.item() == pytest.approx(cpu.item(), abs=1e-5)
+    for name, value in cpu_stats.items():
+        assert cuda_stats[name].device.type == "cuda"
+        assert cuda_stats[name].item() == pytest.approx(value.item(), abs=1e-5)
