@@ -367,9 +367,8 @@ def locate_answer_words(
         raise ValueError(
             f"response_ids {tuple(response_ids.shape)} and response_mask {tuple(response_mask.shape)} must be equal [R, T]"
         )
-    num_rows, width = response_ids.shape
     lengths = response_mask.sum(-1)  # [R]
-    if not torch.equal(response_mask, torch.arange(width, device=lengths.device) < lengths[:, None]):
+    if not torch.equal(response_mask, torch.arange(response_ids.shape[1], device=lengths.device) < lengths[:, None]):
         raise ValueError("response_mask must be True on a prefix of each row (right-padded responses)")
     tokenizer, token_bytes = table.tokenizer, table.token_bytes
     if fast_prefix is None:
@@ -384,32 +383,8 @@ def locate_answer_words(
     prefix_len = len(fast_prefix.encode("utf-8"))
     word_category = _WordCategories(wheels, table)
 
-    # Pass 1: the answer span of each response (searched in its last tokens first) and the answer
-    # bytes that straddle the opening tag.
-    tail = min(_TAIL_TOKENS, width)
-    tail_start = (lengths - tail).clamp_min(0)  # [R]
-    tail_index = (tail_start[:, None] + torch.arange(tail, device=lengths.device)).clamp_max(max(width - 1, 0))
-    tails = response_ids.gather(1, tail_index).tolist() if width else [[] for _ in range(num_rows)]
-    spans: list[tuple[int, list[int], bytes, list[int], int, int, int, int, bytes] | None] = []
-    for r, (offset, length) in enumerate(zip(tail_start.tolist(), lengths.tolist())):
-        ids = tails[r][: length - offset]
-        found = _find_answer(ids, token_bytes, open_tag, close_tag)
-        if found is None and offset > 0:
-            offset, ids = 0, response_ids[r, :length].tolist()
-            found = _find_answer(ids, token_bytes, open_tag, close_tag)
-        if found is None:
-            spans.append(None)
-            continue
-        text, starts, a0, a1 = found
-        # Answer tokens: from the first token starting inside the answer; the answer bytes before
-        # it (the rest of a token that straddles the opening tag) are re-encoded with the prefix.
-        t_first = bisect.bisect_left(starts, a0)
-        t_end = bisect.bisect_left(starts, a1)
-        bridge = text[a0 : min(starts[t_first], a1)] if t_first < len(starts) else text[a0:a1]
-        spans.append((offset, ids, text, starts, a0, a1, t_first, t_end, bridge))
-    heads = _fast_heads(table, fast_prefix, list(fast_prefix_ids), {span[-1] for span in spans if span is not None})
-
-    # Pass 2: the words of each answer, their tokens and their fast positions.
+    spans = _answer_spans(response_ids, lengths, token_bytes, open_tag, close_tag)
+    heads = _fast_heads(table, fast_prefix, list(fast_prefix_ids), {span.bridge for span in spans if span is not None})
     rows: list[tuple[int, int, int, int, int]] = []  # response, slow pos, fast pos, spelling, token
     words: list[str] = []
     fast_rows: list[list[int]] = []
@@ -418,35 +393,13 @@ def locate_answer_words(
         if span is None:
             fast_rows.append(heads[b""][0])
             continue
-        offset, ids, text, starts, a0, a1, t_first, t_end, bridge = span
-        head, head_text, head_starts = heads[bridge]
-        fast_rows.append(head + ids[t_first:t_end])
-        answer = text[a0:a1]
-        lowered = answer.lower()
-        cursor = 0
-        for word in parse_emotion_list(answer.decode("utf-8", "replace")):
-            encoded = word.encode("utf-8")
-            at = lowered.find(encoded, cursor)
-            if at < 0:  # e.g. a non-ASCII word whose lower-casing changed its bytes
-                num_skipped += 1
-                continue
-            cursor = at + len(encoded)
-            t, glue = _token_at(starts, text, a0 + at)
-            if t >= t_first:
-                fast_position = len(head) + t - t_first
-            else:  # the word starts in the token straddling the tag: find it in the fast head
-                ht, head_glue = _token_at(head_starts, head_text, prefix_len + at)
-                if head_glue != glue or head[ht] != ids[t]:
-                    num_skipped += 1
-                    continue
-                fast_position = ht
-            try:
-                spelling = table.spelling_index(glue.decode("utf-8"))
-            except UnicodeDecodeError:
-                num_skipped += 1
-                continue
+        head = heads[span.bridge]
+        fast_rows.append(head[0] + span.ids[span.t_first : span.t_end])
+        located, skipped = _locate_words(span, head, prefix_len, table)
+        num_skipped += skipped
+        for word, t, fast_position, spelling in located:
             words.append(word)
-            rows.append((r, offset + t, fast_position, spelling, ids[t]))
+            rows.append((r, span.offset + t, fast_position, spelling, span.ids[t]))
 
     category = torch.tensor([word_category(w) for w in words], dtype=torch.int64).reshape(len(words), table.num_wheels)
     info = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5)
@@ -461,10 +414,87 @@ def locate_answer_words(
         category_mask=word_category.masks(category),
         num_skipped=num_skipped,
     )
-    width = max((len(f) for f in fast_rows), default=0)
-    fast_ids = torch.tensor([f + [pad_token_id] * (width - len(f)) for f in fast_rows], dtype=torch.int64)
-    fast_mask = torch.tensor([[True] * len(f) + [False] * (width - len(f)) for f in fast_rows], dtype=torch.bool)
-    return answer_words, FastResponses(ids=fast_ids.reshape(len(fast_rows), width), mask=fast_mask.reshape(len(fast_rows), width))
+    fast_width = max((len(f) for f in fast_rows), default=0)
+    shape = (len(fast_rows), fast_width)
+    fast_ids = torch.tensor([f + [pad_token_id] * (fast_width - len(f)) for f in fast_rows], dtype=torch.int64)
+    fast_mask = torch.tensor([[True] * len(f) + [False] * (fast_width - len(f)) for f in fast_rows], dtype=torch.bool)
+    return answer_words, FastResponses(ids=fast_ids.reshape(shape), mask=fast_mask.reshape(shape))
+
+
+@dataclass
+class _AnswerSpan:
+    """A response's tokens around its answer (``ids`` start at response token ``offset``)."""
+
+    offset: int
+    ids: list[int]
+    text: bytes  # bytes of ``ids``
+    starts: list[int]  # byte offset of each token of ``ids`` in ``text``
+    a0: int  # answer content = text[a0:a1]
+    a1: int
+    t_first: int  # first token starting inside the answer
+    t_end: int  # first token starting at or after the closing tag
+    bridge: bytes  # answer bytes before t_first (the rest of a token straddling the opening tag)
+
+
+def _answer_spans(
+    response_ids: torch.Tensor, lengths: torch.Tensor, token_bytes: TokenBytes, open_tag: bytes, close_tag: bytes
+) -> list[_AnswerSpan | None]:
+    """The answer span of each response, searched in its last tokens first, then in all of them."""
+    num_rows, width = response_ids.shape
+    tail = min(_TAIL_TOKENS, width)
+    tail_start = (lengths - tail).clamp_min(0)  # [R]
+    tail_index = (tail_start[:, None] + torch.arange(tail, device=lengths.device)).clamp_max(max(width - 1, 0))
+    tails = response_ids.gather(1, tail_index).tolist() if width else [[] for _ in range(num_rows)]
+    spans: list[_AnswerSpan | None] = []
+    for r, (offset, length) in enumerate(zip(tail_start.tolist(), lengths.tolist())):
+        ids = tails[r][: length - offset]
+        found = _find_answer(ids, token_bytes, open_tag, close_tag)
+        if found is None and offset > 0:
+            offset, ids = 0, response_ids[r, :length].tolist()
+            found = _find_answer(ids, token_bytes, open_tag, close_tag)
+        if found is None:
+            spans.append(None)
+            continue
+        text, starts, a0, a1 = found
+        t_first = bisect.bisect_left(starts, a0)
+        t_end = bisect.bisect_left(starts, a1)
+        bridge = text[a0 : min(starts[t_first], a1)] if t_first < len(starts) else text[a0:a1]
+        spans.append(_AnswerSpan(offset, ids, text, starts, a0, a1, t_first, t_end, bridge))
+    return spans
+
+
+def _locate_words(
+    span: _AnswerSpan, head: tuple[list[int], bytes, list[int]], prefix_len: int, table: CategoryFirstTokens
+) -> tuple[list[tuple[str, int, int, int]], int]:
+    """``[(word, token index in span.ids, fast position, spelling id)]`` and the number skipped."""
+    head_ids, head_text, head_starts = head
+    answer = span.text[span.a0 : span.a1]
+    lowered = answer.lower()
+    located: list[tuple[str, int, int, int]] = []
+    num_skipped = 0
+    cursor = 0
+    for word in parse_emotion_list(answer.decode("utf-8", "replace")):
+        encoded = word.encode("utf-8")
+        at = lowered.find(encoded, cursor)
+        if at < 0:  # e.g. a non-ASCII word whose lower-casing changed its bytes
+            num_skipped += 1
+            continue
+        cursor = at + len(encoded)
+        t, glue = _token_at(span.starts, span.text, span.a0 + at)
+        if t >= span.t_first:
+            fast_position = len(head_ids) + t - span.t_first
+        else:  # the word starts in the token straddling the tag: find it in the fast head
+            fast_position, head_glue = _token_at(head_starts, head_text, prefix_len + at)
+            if head_glue != glue or head_ids[fast_position] != span.ids[t]:
+                num_skipped += 1
+                continue
+        try:
+            spelling = table.spelling_index(glue.decode("utf-8"))
+        except UnicodeDecodeError:
+            num_skipped += 1
+            continue
+        located.append((word, t, fast_position, spelling))
+    return located, num_skipped
 
 
 def _fast_heads(
