@@ -20,7 +20,8 @@ official AffectGPT evaluation exactly, quirks included:
 Steps 2-4 depend only on the word, so they are precomputed into one table (word -> 5 categories)
 shipped in ``merr1/assets/emotion_wheel/word_table.json`` next to the raw merged maps it is
 built from; ``EmotionWheels.from_raw_maps`` rebuilds it (a test checks both agree). Mapping is a
-dict lookup; ``map_masks``/``map_packed`` give the categories as bitmasks for the rewards.
+dict lookup: ``map_word``/``map_many`` give category names, ``map_words`` per-wheel sets, and
+``map_masks``/``map_packed``/``map_text_packed`` bitmasks (the fast path of rewards and scores).
 
 Deviations from the official code (deliberate, documented in METHOD section 2):
 - the text ``"["`` parses to ``[]`` (the official code raises ``IndexError``);
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import compress, repeat
+from operator import is_
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -66,14 +69,19 @@ def parse_emotion_list(text: str | Sequence[str] | None) -> list[str]:
     Returns:
         The non-empty items, each stripped, lower-cased and stripped again.
     """
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return []
     if isinstance(text, str):
         if text.startswith("["):
             text = text[1:]
         if text.endswith("]"):
             text = text[:-1]
+        if text.isascii():
+            # Fast path: for ASCII, lower-casing the whole string then stripping each item equals
+            # the official strip -> lower -> strip per item.
+            items = text.lower().replace("'", ",").replace('"', ",").split(",")
+            return list(filter(None, map(str.strip, items)))
         items = text.replace("'", ",").replace('"', ",").split(",")
+    elif text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
     elif isinstance(text, (list, tuple)):
         items = text
         for item in items:
@@ -261,10 +269,13 @@ class EmotionWheels:
         self,
         wheel_rows: Sequence[Iterable[Sequence[str]]],
         table: Mapping[str, Sequence[str | None]],
+        max_remembered: int = 1 << 16,
     ) -> None:
         """Args:
         wheel_rows: per wheel, its filled and normalised ``(level1, level2, level3)`` rows.
         table: word -> 5 categories (``None`` = dropped), e.g. from ``build_word_table``.
+        max_remembered: how many words needing normalisation (unknown words, other casing)
+            are remembered, so that repeated ones cost a single dict lookup.
         """
         wheel_rows = [list(rows) for rows in wheel_rows]
         if len(wheel_rows) != NUM_WHEELS:
@@ -291,6 +302,11 @@ class EmotionWheels:
             self._table[word] = cats
             self._packed[word] = packed
         self._dropped = (None,) * NUM_WHEELS
+        assert "" not in self._packed, "the empty string must not be a table key"
+        # Lookup dicts = the table plus the remembered words (results never change).
+        self._lookup = dict(self._table)
+        self._packed_lookup = dict(self._packed)
+        self._max_lookup = len(self._table) + max_remembered
 
     _instance: EmotionWheels | None = None
 
@@ -325,30 +341,71 @@ class EmotionWheels:
         self._check_wheel(k)
         return self._categories[k]
 
+    def _resolve(self, word: str) -> tuple[tuple[str | None, ...], int]:
+        # Slow path for a word that is no lookup key: normalise it, remember the result.
+        if not isinstance(word, str):
+            raise ValueError(f"expected an emotion word (str), got {type(word).__name__}: {word!r}")
+        key = word.lower().strip()
+        cats, packed = self._table.get(key, self._dropped), self._packed.get(key, 0)
+        if len(self._lookup) < self._max_lookup:
+            self._lookup[word] = cats
+            self._packed_lookup[word] = packed
+        return cats, packed
+
     def map_word(self, word: str) -> tuple[str | None, ...]:
         """Level-1 category of ``word`` on each wheel, ``None`` where the protocol drops it."""
-        cats = self._table.get(word)
-        if cats is None:
-            cats = self._table.get(word.lower().strip(), self._dropped)
-        return cats
+        cats = self._lookup.get(word) if isinstance(word, str) else None
+        return cats if cats is not None else self._resolve(word)[0]
 
     def map_many(self, words: Iterable[str]) -> list[tuple[str | None, ...]]:
-        """``map_word`` for many words at once (bulk fast path)."""
-        get, dropped = self._table.get, self._dropped
-        return [get(w) or get(w.lower().strip(), dropped) for w in words]
+        """``map_word`` for many words at once (bulk fast path: one C-level pass of lookups)."""
+        words = words if isinstance(words, list) else list(words)
+        get = self._lookup.get
+        try:
+            out = list(map(get, words))
+        except TypeError:  # an unhashable item
+            out = [None] * len(words)
+        if None in out:
+            for i in compress(range(len(out)), map(is_, out, repeat(None))):
+                word = words[i]
+                cats = get(word) if isinstance(word, str) else None  # remembered in this call?
+                out[i] = cats if cats is not None else self._resolve(word)[0]
+        return out
 
     def map_packed(self, words: Iterable[str]) -> int:
         """All 5 category masks of a word list in one int: wheel k's mask in bits [8k, 8k + 8)."""
         if isinstance(words, str):
             raise ValueError("expected a list of words, got a string; split it with parse_emotion_list")
+        get = self._packed_lookup.get
+        packed = 0
+        for w in words:
+            m = get(w) if isinstance(w, str) else None
+            packed |= m if m is not None else self._resolve(w)[1]
+        return packed
+
+    def map_packed_normalized(self, words: Iterable[str]) -> int:
+        """``map_packed`` for words already normalised (e.g. from ``parse_emotion_list``): no
+        second lookup for unknown words, which are dropped."""
         get = self._packed.get
         packed = 0
         for w in words:
-            m = get(w)
-            if m is None:
-                m = get(w.lower().strip(), 0)
-            packed |= m
+            packed |= get(w, 0)
         return packed
+
+    def map_text_packed(self, text: str | Sequence[str] | None) -> int:
+        """``map_packed(parse_emotion_list(text))`` for a prediction string or label cell, fast."""
+        if type(text) is str and text.isascii():
+            if text.startswith("["):
+                text = text[1:]
+            if text.endswith("]"):
+                text = text[:-1]
+            # Same items as parse_emotion_list's ASCII path; "" is no table key, so maps to 0.
+            get = self._packed.get
+            packed = 0
+            for item in text.lower().replace("'", ",").replace('"', ",").split(","):
+                packed |= get(item.strip(), 0)
+            return packed
+        return self.map_packed_normalized(parse_emotion_list(text))
 
     def map_masks(self, words: Iterable[str]) -> tuple[int, ...]:
         """Per wheel, the predicted-category bitmask: bit j set <=> ``categories(k)[j]`` predicted."""
