@@ -66,21 +66,24 @@ class ParsedAnswers:
 
     Attributes:
         pred_masks: per-wheel category bitmask of each answer (0 = nothing). # [N, K] int64
-        num_words: number of parsed answer words (duplicates included). # [N] float32
-        num_distinct_words: number of distinct parsed answer words. # [N] float32
+        num_words: number of parsed answer words (duplicates included), if counted. # [N] float32
+        num_distinct_words: number of distinct parsed answer words, if counted. # [N] float32
     """
 
     pred_masks: torch.Tensor
-    num_words: torch.Tensor
-    num_distinct_words: torch.Tensor
+    num_words: torch.Tensor | None = None
+    num_distinct_words: torch.Tensor | None = None
 
 
-def parse_answers(answers: list[str | None]) -> ParsedAnswers:
-    """Parse and map extracted answers (``None`` = no answer)."""
-    map_packed = EmotionWheels.load().map_packed
-    packed: list[int] = []
-    num_words: list[int] = []
-    num_distinct: list[int] = []
+def parse_answers(answers: list[str | None], count_words: bool = False) -> ParsedAnswers:
+    """Parse and map extracted answers (``None`` = no answer); optionally count their words."""
+    wheels = EmotionWheels.load()
+    if not count_words:
+        map_text = wheels.map_text_packed
+        packed = [map_text(answer) if answer else 0 for answer in answers]
+        return ParsedAnswers(pred_masks=unpack_masks(torch.tensor(packed, dtype=torch.int64)))
+    map_packed = wheels.map_packed
+    packed, num_words, num_distinct = [], [], []
     for answer in answers:
         words = parse_emotion_list(answer) if answer else []
         packed.append(map_packed(words))
@@ -178,14 +181,14 @@ class _SetReward:
         return batch.memo[key]
 
     def _parsed(self, batch: RewardBatch) -> ParsedAnswers:
-        key = ("parsed_answers", self.answer_scheme, self.answer_fallback)
+        key = ("parsed_answers", self.answer_scheme, self.answer_fallback, self.duplicate_penalty)
         if key not in batch.memo:
             answers = [
                 extract_answer(r, scheme=self.answer_scheme, fallback=self.answer_fallback)
                 for group in batch.responses
                 for r in group
             ]
-            batch.memo[key] = parse_answers(answers)
+            batch.memo[key] = parse_answers(answers, count_words=self.duplicate_penalty)
         return batch.memo[key]
 
     def __call__(self, batch: RewardBatch) -> RewardOutput:

@@ -144,7 +144,7 @@ class ReflectiveRewards:
         A reply in the policy's own format is read through its ``<answer>`` tag; otherwise the
         whole reply (reasoning blocks removed) is the list of emotion words.
         """
-        parsed = parse_answers([extract_answer(r, scheme="answer", fallback="full") for r in replies])
+        parsed = parse_answers([extract_answer(r, scheme="answer", fallback="full") for r in replies], count_words=True)
         valid = gt_masks != 0  # [Q, K]
         hit = (popcount(parsed.pred_masks & gt_masks) > 0) & valid
         num_valid = valid.sum(-1)

@@ -52,7 +52,7 @@ class VideoAutoAnswerRewards:
         self.duplicate_penalty = duplicate_penalty
 
     def _score(self, answers: list[str | None], gt_masks: torch.Tensor) -> torch.Tensor:
-        parsed = parse_answers(answers)
+        parsed = parse_answers(answers, count_words=self.duplicate_penalty)
         factor = None
         if self.duplicate_penalty:
             factor = parsed.num_distinct_words / parsed.num_words.clamp_min(1.0)
