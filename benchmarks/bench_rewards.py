@@ -116,33 +116,45 @@ def main() -> None:
     EmotionWheels.load()
     advantage = AdvantageGroups(MER_R1_GROUPS)
     recall, precision, f1, fmt = RecallReward(), PrecisionReward(), F1Reward(), FormatReward(strict=False)
-    strict_fmt, cali = FormatReward(strict=True), CalibrationRewards()
+    strict_fmt, cali, videoauto = FormatReward(strict=True), CalibrationRewards(), VideoAutoAnswerRewards()
     rewards = {}
     for out in (EmotionSetRewards()(fresh(batch)), fmt(batch), cali(batch)):
         rewards.update(out.rewards)
 
-    def mer_r1_total():
-        b = fresh(batch)
+    def total(components, groups, data=batch):
+        """One training step's reward work for a variant: every component, then the advantages."""
+        b = fresh(data)
         out = {}
-        for component in (recall, precision, fmt, cali):
+        for component in components:
             out.update(component(b).rewards)
-        advantage(out)
+        AdvantageGroups(groups)(out)
 
+    demo = (RecallReward(duplicate_penalty=True), PrecisionReward(duplicate_penalty=True), strict_fmt)
     rows = [
-        ("RecallReward (parse + map + score)", lambda: recall(fresh(batch))),
+        ("RecallReward (extract + parse + map + score)", lambda: recall(fresh(batch))),
         ("Recall+Precision+F1 (shared parse)", lambda: [r(b) for b in [fresh(batch)] for r in (recall, precision, f1)]),
         ("FormatReward lenient", lambda: fmt(batch)),
         ("FormatReward strict", lambda: strict_fmt(batch)),
-        ("VideoAutoAnswerRewards", lambda: VideoAutoAnswerRewards()(boxed)),
+        ("VideoAutoAnswerRewards", lambda: videoauto(boxed)),
         (f"CalibrationRewards ({len(batch.extras['calibration'].response_index)} words)", lambda: cali(batch)),
         ("AdvantageGroups (MER-R1, 5 groups)", lambda: advantage(rewards)),
-        ("MER-R1 total: R,P,fmt,cali + advantages", mer_r1_total),
+        ("total Baseline: F1, format, advantages", lambda: total((f1, fmt), [{"name": "b", "rewards": {"f1": 1, "format": 1}}])),
+        ("total MER-R1: R, P, format, cali, advantages", lambda: total((recall, precision, fmt, cali), MER_R1_GROUPS)),
+        ("total demo: R, P (dup. penalty), strict format", lambda: total(demo, [{"name": "t", "rewards": {"recall": 1, "precision": 1, "format": 0.1}}])),
+        (
+            "total VideoAuto-R1: answers, format, advantages",
+            lambda: total(
+                (videoauto, FormatReward("answer_think_answer")),
+                [{"name": "a", "rewards": {"early_answer": 0.9, "final_answer": 1.1, "format": 1.0}}],
+                boxed,
+            ),
+        ),
     ]
     print(f"{num} responses ({args.num_prompts} prompts x G={args.group_size}), 1 thread, median of {args.repeats}")
-    print(f"{'component':45s} {'cpu ms':>8s} {'wall ms':>8s} {'cpu us/resp':>12s}")
+    print(f"{'component':48s} {'cpu ms':>8s} {'wall ms':>8s} {'cpu us/resp':>12s}")
     for name, fn in rows:
         cpu, wall = timed(fn, args.repeats)
-        print(f"{name:45s} {cpu:8.1f} {wall:8.1f} {cpu * 1e3 / num:12.2f}")
+        print(f"{name:48s} {cpu:8.1f} {wall:8.1f} {cpu * 1e3 / num:12.2f}")
 
     from merr1.components.tokenizer import tiny_tokenizer
 
@@ -158,7 +170,7 @@ def main() -> None:
         mask[i, : len(e)] = True
     prefix = "<think></think><answer>"
     cpu, wall = timed(lambda: locate_answer_words(ids, mask, table, fast_prefix=prefix), max(1, args.repeats // 2))
-    print(f"{'(model-pass side) locate_answer_words':45s} {cpu:8.1f} {wall:8.1f} {cpu * 1e3 / num:12.2f}")
+    print(f"{'(model-pass side) locate_answer_words':48s} {cpu:8.1f} {wall:8.1f} {cpu * 1e3 / num:12.2f}")
     print(f"(locate: tiny tokenizer, up to {width} response tokens)")
 
 
