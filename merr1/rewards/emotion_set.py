@@ -24,8 +24,9 @@ tested):
   yields (``"none"``: nothing, ``"full"``: the response without its reasoning blocks); both are
   ``merr1.components.emotion_wheel.extract_answer``'s.
 
-Speed: the per-response work is one answer extraction, one parse and one ``map_masks`` call
-(bitmasks per wheel); the set arithmetic is tensor ops on ``[N, 5]`` bitmasks. The ground truth is
+Speed: the per-response work is one answer extraction and one ``EmotionWheels.map_text_packed``
+call (parse + map to per-wheel bitmasks; with the duplicate penalty ``parse_emotion_list`` +
+``map_packed`` to count words); the set arithmetic is tensor ops on ``[N, 5]`` bitmasks. The ground truth is
 cached per label list, and the parsed answers are cached on the ``RewardBatch`` so that
 ``RecallReward``, ``PrecisionReward`` and ``F1Reward`` used together parse each response once.
 """
