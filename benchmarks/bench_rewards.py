@@ -40,6 +40,8 @@ REASONING = (
     "The woman in the video raises her eyebrows and her voice trembles slightly while she talks "
     "about the exam; the subtitle says she is not sure she passed, and the background is quiet. "
 )
+BASELINE_GROUPS = [{"name": "base", "rewards": {"f1": 1.0, "format": 1.0}}]
+DEMO_GROUPS = [{"name": "total", "rewards": {"recall": 1.0, "precision": 1.0, "format": 0.1}}]
 MER_R1_GROUPS = [
     {"name": "recall", "weight": 1.0, "rewards": {"recall": 1.0}},
     {"name": "precision", "weight": 1.0, "rewards": {"precision": 1.0}},
@@ -138,9 +140,9 @@ def main() -> None:
         ("VideoAutoAnswerRewards", lambda: videoauto(boxed)),
         (f"CalibrationRewards ({len(batch.extras['calibration'].response_index)} words)", lambda: cali(batch)),
         ("AdvantageGroups (MER-R1, 5 groups)", lambda: advantage(rewards)),
-        ("total Baseline: F1, format, advantages", lambda: total((f1, fmt), [{"name": "b", "rewards": {"f1": 1, "format": 1}}])),
+        ("total Baseline: F1, format, advantages", lambda: total((f1, fmt), BASELINE_GROUPS)),
         ("total MER-R1: R, P, format, cali, advantages", lambda: total((recall, precision, fmt, cali), MER_R1_GROUPS)),
-        ("total demo: R, P (dup. penalty), strict format", lambda: total(demo, [{"name": "t", "rewards": {"recall": 1, "precision": 1, "format": 0.1}}])),
+        ("total demo: R, P (dup. penalty), strict format", lambda: total(demo, DEMO_GROUPS)),
         (
             "total VideoAuto-R1: answers, format, advantages",
             lambda: total(

@@ -106,13 +106,17 @@ class AdvantageGroups:
                 raise ValueError(f"advantage group #{i} must be a mapping, got {type(group).__name__}")
             unknown = set(group) - {"name", "weight", "rewards"}
             if unknown:
-                raise ValueError(f"advantage group #{i}: unknown keys {sorted(unknown)} (allowed: name, weight, rewards)")
+                raise ValueError(
+                    f"advantage group #{i}: unknown keys {sorted(unknown)} (allowed: name, weight, rewards)"
+                )
             name = group.get("name")
             rewards = group.get("rewards")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"advantage group #{i} needs a non-empty string 'name'")
             if not isinstance(rewards, Mapping) or len(rewards) == 0:
-                raise ValueError(f"advantage group {name!r} needs a non-empty 'rewards' mapping {{reward_name: weight}}")
+                raise ValueError(
+                    f"advantage group {name!r} needs a non-empty 'rewards' mapping {{reward_name: weight}}"
+                )
             parsed.append(
                 AdvantageGroup(
                     name=name,

@@ -237,7 +237,9 @@ def category_log_confidence(
     logits = logits.float() / temperature
     log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # [W, 1]
     floor = torch.finfo(torch.float64).tiny
-    out = torch.full((logits.shape[0], table.num_categories), math.log(floor), dtype=torch.float64, device=logits.device)
+    out = torch.full(
+        (logits.shape[0], table.num_categories), math.log(floor), dtype=torch.float64, device=logits.device
+    )
     spelling = spelling.to(logits.device)
     for s in torch.unique(spelling).tolist():
         rows = (spelling == s).nonzero().squeeze(-1)  # [W_s]
@@ -365,7 +367,8 @@ def locate_answer_words(
     """
     if response_ids.shape != response_mask.shape or response_ids.dim() != 2:
         raise ValueError(
-            f"response_ids {tuple(response_ids.shape)} and response_mask {tuple(response_mask.shape)} must be equal [R, T]"
+            f"response_ids {tuple(response_ids.shape)} and response_mask {tuple(response_mask.shape)} "
+            "must be equal [R, T]"
         )
     lengths = response_mask.sum(-1)  # [R]
     if not torch.equal(response_mask, torch.arange(response_ids.shape[1], device=lengths.device) < lengths[:, None]):
@@ -587,7 +590,8 @@ def slow_fast_gap(
     """
     if slow_logits.shape != fast_logits.shape or slow_logits.dim() != 2 or slow_logits.shape[0] != len(words):
         raise ValueError(
-            f"slow_logits {tuple(slow_logits.shape)} and fast_logits {tuple(fast_logits.shape)} must be [W={len(words)}, V]"
+            f"slow_logits {tuple(slow_logits.shape)} and fast_logits {tuple(fast_logits.shape)} "
+            f"must be [W={len(words)}, V]"
         )
     mapped = (words.category >= 0).to(slow_logits.device)  # [W, K]
     if confidence == "category":
@@ -669,7 +673,9 @@ class SlowFastCalibration:
         self.answer_tags = (str(answer_tags[0]), str(answer_tags[1]))
         self.table: CategoryFirstTokens | None = None
 
-    def setup(self, tokenizer, fast_prefix_ids: Sequence[int] | None = None, wheels: EmotionWheels | None = None) -> None:
+    def setup(
+        self, tokenizer, fast_prefix_ids: Sequence[int] | None = None, wheels: EmotionWheels | None = None
+    ) -> None:
         """Build the first-token sets for the policy's tokenizer and fix the fast prefix.
 
         Args:
@@ -695,7 +701,12 @@ class SlowFastCalibration:
         table = self._table()
         prefix, prefix_ids = self._prefix
         return locate_answer_words(
-            response_ids, response_mask, table, fast_prefix=prefix, fast_prefix_ids=prefix_ids, answer_tags=self.answer_tags
+            response_ids,
+            response_mask,
+            table,
+            fast_prefix=prefix,
+            fast_prefix_ids=prefix_ids,
+            answer_tags=self.answer_tags,
         )
 
     def inputs(

@@ -40,7 +40,9 @@ class RewardBatch:
             )
         sizes = {len(group) for group in self.responses}
         if len(sizes) > 1:
-            raise ValueError(f"RewardBatch: every prompt needs the same number of responses G, got sizes {sorted(sizes)}")
+            raise ValueError(
+                f"RewardBatch: every prompt needs the same number of responses G, got sizes {sorted(sizes)}"
+            )
 
     @property
     def num_prompts(self) -> int:

@@ -30,7 +30,12 @@ from merr1.rewards.base import RewardBatch, RewardOutput, to_grid
 _SCHEMES: dict[str, list[tuple[str, str]]] = {
     "think_answer": [("<think>", "</think>"), ("<answer>", "</answer>")],
     "answer_think_answer": [("\\boxed{", "}"), ("<think>", "</think>"), ("\\boxed{", "}")],
-    "emo_r3_steps": [("<step1>", "</step1>"), ("<step2>", "</step2>"), ("<step3>", "</step3>"), ("<answer>", "</answer>")],
+    "emo_r3_steps": [
+        ("<step1>", "</step1>"),
+        ("<step2>", "</step2>"),
+        ("<step3>", "</step3>"),
+        ("<answer>", "</answer>"),
+    ],
 }
 
 FORMAT_SCHEMES = tuple(_SCHEMES)

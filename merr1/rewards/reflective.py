@@ -128,7 +128,8 @@ class ReflectiveRewards:
         text_items = [(q, r) for q, r in zip(queries, replies) if q.kind == "text"]
         if text_items:
             index = torch.tensor([q.response_index for q, _ in text_items])
-            text_score[index] = self._text_scores([r for _, r in text_items], batch_gt_masks(batch.labels, batch.group_size)[index])
+            gt_masks = batch_gt_masks(batch.labels, batch.group_size)[index]
+            text_score[index] = self._text_scores([r for _, r in text_items], gt_masks)
         for query, reply in zip(queries, replies):
             if query.kind == "modality":
                 modality_score[query.response_index] = yes_no_score(reply)

@@ -258,19 +258,28 @@ def n(x):
     return group_normalize(x)
 
 
+def dual(r):
+    """A_dual = norm(R_R) + norm(R_P)."""
+    return n(r["recall"]) + n(r["precision"])
+
+
 # The textbook formula of each variant, written independently of the config.
 VARIANT_FORMULA = {
     "baseline": lambda r: n(r["f1"] + r["format"]),
     "trl_default": lambda r: n(r["recall"] + r["precision"] + r["format"]),
     "rd": lambda r: n(r["recall"] + r["precision"] + r["format"]),
     "rd_ad": lambda r: n(r["recall"]) + n(r["precision"]) + 0.1 * n(r["format"]),
-    "mer_r1": lambda r: n(r["recall"]) + n(r["precision"]) + 0.1 * (n(r["cali_pos"]) + n(r["cali_neg"])) + 0.1 * n(r["format"]),
-    "a1_word_level": lambda r: n(r["recall"]) + n(r["precision"]) + 0.1 * (n(r["cali_pos"]) + n(r["cali_neg"])) + 0.1 * n(r["format"]),
-    "a2_no_cali_neg": lambda r: n(r["recall"]) + n(r["precision"]) + 0.1 * n(r["cali_pos"]) + 0.1 * n(r["format"]),
-    "b1_reward_space_calibration": lambda r: n(r["recall"]) + n(r["precision"]) + 0.1 * n(r["cali_pos"] + r["cali_neg"]) + 0.1 * n(r["format"]),
-    "b2_mixed_before_normalization": lambda r: n(r["recall"] + r["precision"] + 0.1 * r["cali_pos"] + 0.1 * r["cali_neg"]) + 0.1 * n(r["format"]),
+    "mer_r1": lambda r: dual(r) + 0.1 * (n(r["cali_pos"]) + n(r["cali_neg"])) + 0.1 * n(r["format"]),
+    "a1_word_level": lambda r: dual(r) + 0.1 * (n(r["cali_pos"]) + n(r["cali_neg"])) + 0.1 * n(r["format"]),
+    "a2_no_cali_neg": lambda r: dual(r) + 0.1 * n(r["cali_pos"]) + 0.1 * n(r["format"]),
+    "b1_reward_space_calibration": lambda r: dual(r) + 0.1 * n(r["cali_pos"] + r["cali_neg"]) + 0.1 * n(r["format"]),
+    "b2_mixed_before_normalization": lambda r: (
+        n(r["recall"] + r["precision"] + 0.1 * r["cali_pos"] + 0.1 * r["cali_neg"]) + 0.1 * n(r["format"])
+    ),
     "videoauto_r1": lambda r: n(0.9 * r["early_answer"] + 1.1 * r["final_answer"] + r["format"]),
-    "emo_r3": lambda r: n(0.8 * r["f1"] + 0.05 * r["text_recheck"] + 0.05 * r["modality_recheck"] + 0.1 * r["format"]),
+    "emo_r3": lambda r: n(
+        0.8 * r["f1"] + 0.05 * r["text_recheck"] + 0.05 * r["modality_recheck"] + 0.1 * r["format"]
+    ),
     "demo": lambda r: n(r["recall"] + r["precision"] + 0.1 * r["format"]),
 }
 
@@ -316,7 +325,8 @@ def test_one_group_is_trl_sum_then_normalize(random_rewards):
 
 def test_stats_values():
     rewards = {"a": torch.tensor([[1.0, 1.0], [0.0, 2.0]]), "b": torch.tensor([[3.0, 3.0], [3.0, 3.0]])}
-    advantage = AdvantageGroups([{"name": "ga", "rewards": {"a": 1.0}}, {"name": "gb", "weight": 0.5, "rewards": {"b": 1.0}}])
+    groups = [{"name": "ga", "rewards": {"a": 1.0}}, {"name": "gb", "weight": 0.5, "rewards": {"b": 1.0}}]
+    advantage = AdvantageGroups(groups)
     out, stats = advantage(rewards)
     torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [-1.0, 1.0]]), atol=1e-5, rtol=0)
     assert stats["adv/ga/reward_mean"] == pytest.approx(1.0)
@@ -327,7 +337,8 @@ def test_stats_values():
 
 
 def test_all_correct_and_all_wrong_groups_get_zero_advantage():
-    rewards = {"recall": torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), "precision": torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])}
+    all_right_all_wrong = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    rewards = {"recall": all_right_all_wrong, "precision": all_right_all_wrong.clone()}
     out, _ = AdvantageGroups(variant_groups("rd_ad")[:2])(rewards)
     assert torch.equal(out, torch.zeros(2, 3))
 
@@ -369,7 +380,8 @@ def test_bad_rewards(rewards, match):
 
 def test_shape_mismatch_between_rewards():
     with pytest.raises(ValueError, match="shape"):
-        AdvantageGroups([{"name": "g", "rewards": {"a": 1.0, "b": 1.0}}])({"a": torch.zeros(2, 3), "b": torch.zeros(2, 4)})
+        advantage = AdvantageGroups([{"name": "g", "rewards": {"a": 1.0, "b": 1.0}}])
+        advantage({"a": torch.zeros(2, 3), "b": torch.zeros(2, 4)})
 
 
 def _variant_batch():
@@ -386,7 +398,10 @@ def _variant_batch():
         gap=torch.tensor([[0.5] * 5, [-0.2] * 5, [0.1] * 5, [0.3] * 5]),
         num_responses=8,
     )
-    extras = {"calibration": calibration, "reflective_generate": lambda queries: ["happy" if q.kind == "text" else "yes" for q in queries]}
+    def reflective_generate(queries):
+        return ["happy" if q.kind == "text" else "yes" for q in queries]
+
+    extras = {"calibration": calibration, "reflective_generate": reflective_generate}
     return RewardBatch(responses=responses, labels=[["happy"], ["sad", "happy"]], extras=extras)
 
 

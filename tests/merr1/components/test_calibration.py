@@ -183,7 +183,8 @@ def test_locate_boundary_inside_a_token(tok, table):
     fast_row = fast.ids[0, : fast.mask[0].sum()]
     assert tok.decode(fast_row) == PREFIX + "calm, delighted"
     for i in range(2):  # the same token sits at the slow and the fast position
-        assert ids[0, words.slow_position[i]].item() == fast_row[words.fast_position[i]].item() == words.token_id[i].item()
+        slow_token = ids[0, words.slow_position[i]].item()
+        assert slow_token == fast_row[words.fast_position[i]].item() == words.token_id[i].item()
 
 
 @pytest.mark.parametrize(
@@ -311,7 +312,8 @@ def test_tiny_model_end_to_end(tok):
     word_level.setup(tok)
     inputs = word_level.inputs(slow_logits, fast_logits, words, 2)
     assert isinstance(inputs, CalibrationInputs)
-    lp = torch.log_softmax(slow_logits, -1)[0, words.token_id[0]] - torch.log_softmax(fast_logits, -1)[0, words.token_id[0]]
+    first = words.token_id[0]
+    lp = torch.log_softmax(slow_logits, -1)[0, first] - torch.log_softmax(fast_logits, -1)[0, first]
     assert inputs.gap[0, 0].item() == pytest.approx(lp.item(), abs=1e-5)
 
 
@@ -319,7 +321,8 @@ def test_component_validation(tok):
     with pytest.raises(ValueError, match="confidence"):
         SlowFastCalibration(confidence="token")
     with pytest.raises(ValueError, match="setup"):
-        SlowFastCalibration(fast_prefix=PREFIX).locate(torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool))
+        ids, mask = torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool)
+        SlowFastCalibration(fast_prefix=PREFIX).locate(ids, mask)
 
 
 def test_exact_fast_prefix_ids_are_used(tok, table):
@@ -349,7 +352,8 @@ def test_empty_rows_and_empty_batch(tok, table):
     words, fast = locate_answer_words(ids, mask, table, fast_prefix=PREFIX)
     assert words.words == ["sad"] and fast.ids.shape[0] == 2
     assert fast.ids[1, : fast.mask[1].sum()].tolist() == enc(tok, PREFIX)
-    words, fast = locate_answer_words(torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0, dtype=torch.bool), table, fast_prefix=PREFIX)
+    empty_ids, empty_mask = torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0, 0, dtype=torch.bool)
+    words, fast = locate_answer_words(empty_ids, empty_mask, table, fast_prefix=PREFIX)
     assert len(words) == 0 and fast.ids.shape == (0, 0)
 
 
@@ -363,7 +367,8 @@ def test_confidence_and_gap_on_cuda_match_cpu(table):
     cpu = category_log_confidence(logits, spelling, table)
     cuda = category_log_confidence(logits.cuda().bfloat16(), spelling.cuda(), table)
     assert cuda.device.type == "cuda" and cuda.dtype == torch.float32
-    torch.testing.assert_close(cuda.cpu(), category_log_confidence(logits.bfloat16(), spelling, table), atol=1e-4, rtol=1e-4)
+    cpu_bf16 = category_log_confidence(logits.bfloat16(), spelling, table)
+    torch.testing.assert_close(cuda.cpu(), cpu_bf16, atol=1e-4, rtol=1e-4)
     assert (cuda.cpu() - cpu).abs().max() < 0.2  # bf16 logits: close to the float32 values
     words = _one_word(table, "happy", 0, table.first_tokens(0)[0][0].item())
     gap = slow_fast_gap(logits[:1].cuda(), logits[1:2].cuda(), words, table)

@@ -84,7 +84,8 @@ def test_k3_formula_and_beta():
 
 @pytest.mark.parametrize("beta, ref", [(0.0, torch.full((1, 1), 5.0)), (0.1, None)])
 def test_kl_skipped(beta, ref):
-    loss, stats = grpo_loss(torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1, dtype=torch.bool), ref_logprobs=ref, beta=beta)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    loss, stats = grpo_loss(torch.zeros(1, 1), torch.ones(1), mask, ref_logprobs=ref, beta=beta)
     assert loss.item() == pytest.approx(-1.0)
     assert stats["kl"].item() == 0.0
 

@@ -48,7 +48,8 @@ CALI_TABLE = [
 
 @pytest.mark.parametrize("labels, words, cali_pos, cali_neg", CALI_TABLE)
 def test_calibration_table(labels, words, cali_pos, cali_neg):
-    batch = RewardBatch(responses=[["..."]], labels=[labels], extras={"calibration": inputs([(0, w, g) for w, g in words], 1)})
+    extras = {"calibration": inputs([(0, w, g) for w, g in words], 1)}
+    batch = RewardBatch(responses=[["..."]], labels=[labels], extras=extras)
     out = CalibrationRewards()(batch)
     assert out.rewards["cali_pos"].item() == pytest.approx(cali_pos, abs=1e-6)
     assert out.rewards["cali_neg"].item() == pytest.approx(cali_neg, abs=1e-6)
@@ -56,7 +57,8 @@ def test_calibration_table(labels, words, cali_pos, cali_neg):
 
 def test_words_go_to_their_response():
     words = [(0, "happy", [1.0] * 5), (3, "happy", [2.0] * 5), (3, "sad", [1.0] * 5), (5, "sad", [4.0] * 5)]
-    batch = RewardBatch(responses=[["."] * 3, ["."] * 3], labels=[["happy"], ["happy"]], extras={"calibration": inputs(words, 6)})
+    extras = {"calibration": inputs(words, 6)}
+    batch = RewardBatch(responses=[["."] * 3, ["."] * 3], labels=[["happy"], ["happy"]], extras=extras)
     out = CalibrationRewards()(batch)
     torch.testing.assert_close(out.rewards["cali_pos"], torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))
     torch.testing.assert_close(out.rewards["cali_neg"], torch.tensor([[0.0, 0.0, 0.0], [-1.0, 0.0, -4.0]]))

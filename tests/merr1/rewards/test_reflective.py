@@ -53,7 +53,11 @@ def test_queries_and_missing_steps():
     assert len(fake.calls) == 1  # one batched call for the whole batch
     queries = fake.calls[0]
     assert [(q.kind, q.prompt_index, q.response_index, q.use_media) for q in queries] == [
-        ("text", 0, 0, False), ("modality", 0, 0, True), ("modality", 0, 1, True), ("text", 1, 3, False), ("modality", 1, 3, True)
+        ("text", 0, 0, False),
+        ("modality", 0, 0, True),
+        ("modality", 0, 1, True),
+        ("text", 1, 3, False),
+        ("modality", 1, 3, True),
     ]
     assert queries[0].text == f"cue A\nshe would feel joy\n{TEXT_RECHECK_QUESTION}"
     assert queries[1].text == f"cue A\n{MODALITY_RECHECK_QUESTION}"
@@ -71,7 +75,10 @@ def test_neutral_gt_scores_zero_and_no_queries_no_call():
     assert fake.calls == []
 
 
-@pytest.mark.parametrize("reply, score", [("yes", 1.0), ("Yes, clearly", 1.0), ("**No**", 0.0), ("yesterday", 0.5), ("", 0.5), ("I think yes", 0.5)])
+@pytest.mark.parametrize(
+    "reply, score",
+    [("yes", 1.0), ("Yes, clearly", 1.0), ("**No**", 0.0), ("yesterday", 0.5), ("", 0.5), ("I think yes", 0.5)],
+)
 def test_yes_no(reply, score):
     assert yes_no_score(reply) == score
 

@@ -39,7 +39,8 @@ def test_metric_and_threshold_options():
     # recall of "happy, sad" is 1 > 0.7: the bonus applies
     assert VideoAutoAnswerRewards(metric="recall")(batch).rewards["final_answer"].item() == pytest.approx(1 + BONUS)
     # the threshold is strict
-    strict = VideoAutoAnswerRewards(bonus_threshold=1.0)(RewardBatch(responses=[[box("Let's analyze", "happy")]], labels=[["happy"]]))
+    perfect = RewardBatch(responses=[[box("Let's analyze", "happy")]], labels=[["happy"]])
+    strict = VideoAutoAnswerRewards(bonus_threshold=1.0)(perfect)
     assert strict.rewards["final_answer"].item() == 1.0
     with pytest.raises(ValueError, match="metric"):
         VideoAutoAnswerRewards(metric="accuracy")
