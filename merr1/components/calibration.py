@@ -24,11 +24,13 @@ F_g(c) = {first token of g + w : w a word of c} restricted to tokens longer than
 is g alone, e.g. a bare space, says nothing about the category and is left out). The sets of
 ``""`` (word at answer start) and ``" "`` (word after ", ") are built up front, others on first use.
 
-How the recipe uses this module (step by step; tensors on any device):
+How the recipe uses this module (step by step; tensors on any device; ``SlowFastCalibration`` is
+the YAML component that bundles steps 1, 2 and 4):
 
 1. Once: ``table = CategoryFirstTokens(tokenizer)``.
 2. After generation: ``words, fast = locate_answer_words(response_ids, response_mask, table,
-   fast_prefix=FAST_THINKING_PREFIX)``. ``words`` lists every located answer word of every
+   fast_prefix=FAST_THINKING_PREFIX, fast_prefix_ids=prompts.encode_fast_prefix(tokenizer))``.
+   ``words`` lists every located answer word of every
    response (row ``b*G+g``) with its position ``slow_position`` in the response tokens and
    ``fast_position`` in ``fast.ids``. ``fast`` holds the fast "responses": the fast-prefix tokens
    (with the answer text of a token that straddles the ``<answer>`` boundary re-encoded after it)
