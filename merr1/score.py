@@ -1,7 +1,9 @@
 """MER-UniBench scoring (METHOD section 3), as a library and as ``python -m merr1.score``.
 
-Scores reproduce the official AffectGPT evaluation bit for bit, so the floating-point order of
-operations is the official one:
+Scores reproduce the official AffectGPT evaluation bit for bit (its public code: the
+``calculate_openset_overlap_rate``/``wheel_metric_calculation`` OV-MERD+ metric,
+``calculate_openset_onehot_hitrate``/``hitrate_metric_calculation`` and the sentiment step of
+``calculate_dimension_zeroshot``), so the floating-point order of operations is the official one:
 - per wheel, P^k and R^k are ``numpy.mean`` of the per-sample values: numpy's pairwise sum
   (8 accumulators, blocks of 128, halving above) divided by the count (``_numpy_mean``);
 - F^k = 2 * (P^k * R^k) / (P^k + R^k) from the averaged P and R, with no zero guard (0/0 -> NaN);
@@ -131,8 +133,7 @@ def _kept_keys(pairs: list[tuple[int, int]], k: int) -> list[int]:
     # Wheel k's (GT mask << 8 | prediction mask) of the samples whose mapped GT is non-empty;
     # the others are skipped (METHOD section 3).
     shift = BITS_PER_WHEEL * k
-    keys = [(g >> shift & _FIELD) << BITS_PER_WHEEL | (y >> shift & _FIELD) for g, y in pairs]
-    return [key for key in keys if key > _FIELD]
+    return [gk << BITS_PER_WHEEL | (y >> shift & _FIELD) for g, y in pairs if (gk := g >> shift & _FIELD)]
 
 
 def _set_scores(pairs: list[tuple[int, int]]) -> dict[str, Any]:
@@ -283,6 +284,12 @@ _SCORERS = {
     "basic-f1": score_basic_f1,
     "sentiment": score_sentiment,
 }
+_HELP = {
+    "ovmerd": "OV-MERD+ set precision/recall/F1 over the 5 wheels",
+    "hitrate": "basic-emotion hit rate (one-word GT labels)",
+    "basic-f1": "basic-emotion set F1 (the OV-MERD+ computation with one-word GT labels)",
+    "sentiment": "sentiment WAF and accuracy (predictions: positive/negative/other words)",
+}
 
 
 def _check_file(path: Path) -> None:
@@ -380,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m merr1.score", description="MER-UniBench scoring.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in _SCORERS:
-        p = sub.add_parser(command, help=f"{command} scores as one JSON object (NaN as null)")
+        p = sub.add_parser(command, help=f"{_HELP[command]}; prints one JSON object (NaN as null)")
         p.add_argument("--pred", type=Path, required=True, help='JSONL {"name", "pred"} or CSV name,pred')
         p.add_argument("--gt", type=Path, required=True, help='JSONL {"name", "label"} or CSV name,openset|label')
         if command == "sentiment":
