@@ -18,10 +18,12 @@ Choices a reader might not expect (each is tested):
   distribution, before top-k/top-p truncation: the quantity a teacher-forced forward pass on
   the same tokens reproduces (GRPO's old-policy log-probs). With ``temperature == 0`` (greedy)
   they are taken at temperature 1.
-- Truncation order follows ``transformers``: temperature, then top-k, then top-p (on the top-k
-  renormalised distribution; the token crossing ``top_p`` is kept, so at least one token is).
-- Sampling is an exponential race (``argmax(p / E)``, ``E ~ Exp(1)`` drawn from ``generator``),
-  equivalent to multinomial sampling and free of host syncs on GPU.
+- Truncation order follows ``transformers``: suppressed tokens, temperature, then top-k, then
+  top-p (on the top-k renormalised distribution; the token crossing ``top_p`` is kept, so at
+  least one token is). Like truncation, suppression does not change the reported log-probs.
+- Sampling is Gumbel-max (``argmax(logits + Gumbel noise)`` from ``generator``): exact
+  categorical sampling, free of host syncs on GPU, and ~3x cheaper on CPU than
+  ``torch.multinomial`` (whose ``exponential_`` draws dominate at small vocabularies).
 - Stopping: ``stop_sequences`` are matched as exact TOKEN sequences among the generated tokens.
   A BPE stop string can be merged with neighbouring characters (the tiny tokenizer encodes
   ``"happy.</answer>"`` as ``... '.</' 'answer' '>'`` but ``"</answer>"`` alone as
@@ -99,8 +101,7 @@ class StopStrings:
         special_ids = set(tokenizer.all_special_ids)
         vocab_size = len(tokenizer)
         pieces: list[bytes] = []
-        for token_id in range(vocab_size):
-            token = tokenizer.convert_ids_to_tokens(token_id)
+        for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(vocab_size)))):
             if token_id in special_ids or token is None:
                 pieces.append(b"")
             elif all(c in byte_decoder for c in token):
@@ -108,10 +109,8 @@ class StopStrings:
             else:
                 pieces.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8"))
         max_len = max(1, max(len(p) for p in pieces))
-        table = torch.zeros(vocab_size, max_len, dtype=torch.uint8)
-        for token_id, piece in enumerate(pieces):
-            if piece:
-                table[token_id, : len(piece)] = torch.tensor(list(piece), dtype=torch.uint8)
+        flat = bytearray(b"".join(p.ljust(max_len, b"\0") for p in pieces))
+        table = torch.frombuffer(flat, dtype=torch.uint8).view(vocab_size, max_len).clone()
         lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
         return cls(tuple(s.encode("utf-8") for s in strings), table, lengths)
 
@@ -129,6 +128,9 @@ class SamplingConfig:
         eos_token_ids: token ids that end a response.
         pad_token_id: id written after a row finished.
         stop_strings: optional text-level stop strings (see ``StopStrings``).
+        suppress_token_ids: ids never sampled, e.g. the Thinker's media placeholders
+            (``<|AUDIO|>``, ``<|IMAGE|>``, ``<|VIDEO|>``): a sampled placeholder would make the
+            teacher-forced forward fail (placeholder count != media features).
     """
 
     max_new_tokens: int
@@ -139,6 +141,7 @@ class SamplingConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int = 0
     stop_strings: StopStrings | None = None
+    suppress_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -196,30 +199,38 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None = None,
+    suppress_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and its log-prob under the untruncated ``logits / temperature``.
 
     Args:
         logits: ``[R, V]`` float32 next-token logits.
-        config: temperature / top-k / top-p.
+        config: temperature / top-k / top-p / suppressed tokens.
         generator: RNG for the draw (global RNG if None).
+        suppress_ids: ``config.suppress_token_ids`` as a tensor on the logits' device (built
+            from the config if None; the decode loop passes it to avoid a copy per step).
 
     Returns:
         tokens ``[R]`` long, logprobs ``[R]`` float32.
     """
+    scaled = logits if config.temperature == 0 else logits / config.temperature
+    candidates = scaled
+    if config.suppress_token_ids:
+        if suppress_ids is None:
+            suppress_ids = torch.tensor(config.suppress_token_ids, device=logits.device)
+        candidates = scaled.index_fill(-1, suppress_ids, float("-inf"))
     if config.temperature == 0:
-        scaled = logits
-        tokens = logits.argmax(dim=-1)
+        tokens = candidates.argmax(dim=-1)
     else:
-        scaled = logits / config.temperature
-        filtered = filter_logits(scaled, config.top_k, config.top_p)
-        # Exponential race: argmax_v p_v / E_v with E ~ Exp(1) samples v ~ p. The clamp keeps
-        # log(E) finite (E == 0 has probability 2^-24 per draw in float32).
-        noise = torch.empty_like(filtered).exponential_(generator=generator)
-        noise = noise.clamp_min_(torch.finfo(noise.dtype).tiny).log_()
-        tokens = (filtered - noise).argmax(dim=-1)
-    logprobs = scaled.gather(-1, tokens[:, None]).squeeze(-1) - scaled.logsumexp(dim=-1)
+        candidates = filter_logits(candidates, config.top_k, config.top_p)
+        # Gumbel-max: argmax(logits - log(-log U)), U ~ Uniform[0, 1), samples from softmax(logits).
+        # U == 0 gives -inf (never chosen); U < 1, so no +inf and no NaN next to -inf logits.
+        uniform = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+        tokens = (candidates - uniform.log_().neg_().log_()).argmax(dim=-1)
+    logprobs = scaled.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logprobs
 
 
@@ -295,12 +306,15 @@ def _left_align(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[to
 class _StopMatcher:
     """Per-step stop detection: EOS ids, token stop sequences and text-level stop strings."""
 
-    def __init__(self, config: SamplingConfig, num_rows: int, device: torch.device):
+    def __init__(self, config: SamplingConfig, num_rows: int, vocab_size: int, device: torch.device):
         self.eos = torch.tensor(config.eos_token_ids, dtype=torch.long, device=device)
         self.sequences = [torch.tensor(s, dtype=torch.long, device=device) for s in config.stop_sequences]
         self.strings = config.stop_strings
         if self.strings is not None:
             table, lengths = self.strings.token_bytes, self.strings.token_lengths
+            if len(table) < vocab_size:  # model vocabularies are often padded past the tokenizer's
+                table = torch.cat([table, table.new_zeros(vocab_size - len(table), table.shape[1])])
+                lengths = torch.cat([lengths, lengths.new_zeros(vocab_size - len(lengths))])
             self.token_bytes = table.to(device=device, dtype=torch.int16)  # [V, L]
             self.token_lengths = lengths.to(device)  # [V]
             self.patterns = [
@@ -422,11 +436,12 @@ def _decode(
     attention_mask = torch.ones(num_rows, prompt_len + max_new, dtype=torch.long, device=device)
     attention_mask[:, :prompt_len] = prompt_mask
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
-    stop = _StopMatcher(config, num_rows, device)
+    stop = _StopMatcher(config, num_rows, logits.shape[-1], device)
+    suppress_ids = torch.tensor(config.suppress_token_ids, dtype=torch.long, device=device)
 
     num_steps = max_new
     for step in range(max_new):
-        next_tokens, next_logprobs = sample_next_tokens(logits, config, generator)
+        next_tokens, next_logprobs = sample_next_tokens(logits, config, generator, suppress_ids)
         active = ~done
         tokens[:, step] = next_tokens.masked_fill(done, config.pad_token_id)
         logprobs[:, step] = next_logprobs.masked_fill(done, 0.0)
@@ -447,9 +462,9 @@ def _decode(
         ).last_hidden_state
         logits = model.lm_head(hidden[:, -1]).float()
     return Rollouts(
-        response_ids=tokens[:, :num_steps],
-        response_mask=mask[:, :num_steps],
-        logprobs=logprobs[:, :num_steps],
+        response_ids=tokens[:, :num_steps].contiguous(),
+        response_mask=mask[:, :num_steps].contiguous(),
+        logprobs=logprobs[:, :num_steps].contiguous(),
         finished=done,
     )
 

@@ -20,6 +20,8 @@ from merr1.components.models import tiny_qwen2, tiny_thinker
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
 
 S = TINY_SPECIAL_TOKENS
+# Media placeholders: a sampled one would break the teacher-forced Thinker forward.
+MEDIA_IDS = [S["<|AUDIO|>"], S["<|IMAGE|>"], S["<|VIDEO|>"]]
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +164,9 @@ def test_greedy_right_padded_equals_left_padded(qwen2):
 )
 def test_logprobs_match_teacher_forced_forward(name, temperature, top_k, top_p, thinker, qwen2):
     model, ids, mask, media = model_and_batch(name, thinker, qwen2)
-    config = SamplingConfig(max_new_tokens=10, temperature=temperature, top_k=top_k, top_p=top_p)
+    config = SamplingConfig(
+        max_new_tokens=10, temperature=temperature, top_k=top_k, top_p=top_p, suppress_token_ids=MEDIA_IDS
+    )
     rollouts = generate(model, ids, mask, config, num_samples=3, media=media, generator=torch.Generator().manual_seed(1))
     expected = teacher_forced_logprobs(model, ids, mask, rollouts, temperature or 1.0, 3, media)
     assert rollouts.logprobs.shape == (3 * len(ids), 10)
@@ -285,7 +289,7 @@ def _run_stop_strings(token_ids, strings):
     tokenizer = tiny_tokenizer()
     config = SamplingConfig(max_new_tokens=64, stop_strings=StopStrings.from_tokenizer(tokenizer, strings))
     tokens = torch.tensor([token_ids])
-    matcher = _StopMatcher(config, num_rows=1, device=torch.device("cpu"))
+    matcher = _StopMatcher(config, num_rows=1, vocab_size=600, device=torch.device("cpu"))
     for step in range(len(token_ids)):
         if matcher(tokens, step)[0]:
             return step
@@ -317,6 +321,15 @@ def test_stop_strings_match_text_across_bpe_merges(text, strings, expected_stop_
         assert not any(s in tokenizer.decode(token_ids[:step]) for s in strings)
 
 
+def test_stop_strings_ignore_ids_past_the_tokenizer_vocabulary():
+    """Model vocabularies are padded past the tokenizer's; such ids decode to nothing."""
+    tokenizer = tiny_tokenizer()
+    head = tokenizer.encode("sad</answer", add_special_tokens=False)
+    tail = tokenizer.encode(">", add_special_tokens=False)
+    assert len(tokenizer) < 599
+    assert _run_stop_strings(head + [599] + tail, ["</answer>"]) == len(head) + 1
+
+
 def test_stop_strings_in_generation(qwen2):
     """A stop string starting mid-token in the model's own output ends the row where it completes."""
     tokenizer = tiny_tokenizer()
@@ -324,20 +337,30 @@ def test_stop_strings_in_generation(qwen2):
     ids, mask = text_batch()
     config = SamplingConfig(max_new_tokens=12, temperature=1.0)
     free = generate(qwen2, ids, mask, config, generator=torch.Generator().manual_seed(0)).response_ids
-    row = 1  # its tokens 3..5 are 'ized' 'ized' 'as' with this seed
-    pieces = [bytes(table.token_bytes[t, : table.token_lengths[t]].tolist()) for t in free[row].tolist()]
-    assert all(len(p) >= 2 for p in pieces[3:6])
-    token_start = [len(b"".join(pieces[:i])) for i in range(len(pieces) + 1)]
-    # starts inside token 3, ends inside token 5: no token sequence can express it
-    stop = b"".join(pieces)[token_start[3] + 1 : token_start[5] + 1].decode()
+    row, step, stop = _mid_token_stop_string(table, free)
     config = SamplingConfig(
         max_new_tokens=12, temperature=1.0, stop_strings=StopStrings.from_tokenizer(tokenizer, [stop])
     )
     rollouts = generate(qwen2, ids, mask, config, generator=torch.Generator().manual_seed(0))
-    first_hit = next(t for t in range(12) if stop.encode() in b"".join(pieces[: t + 1]))
-    assert first_hit == 5
-    assert int(rollouts.response_mask[row].sum()) == first_hit + 1
+    assert int(rollouts.response_mask[row].sum()) == step + 1
     assert rollouts.finished[row]
+
+
+def _mid_token_stop_string(table, responses):
+    """(row, step, text): text starts inside token step-2 and first completes inside token step."""
+    for row in range(len(responses)):
+        pieces = [bytes(table.token_bytes[t, : table.token_lengths[t]].tolist()) for t in responses[row].tolist()]
+        starts = [len(b"".join(pieces[:i])) for i in range(len(pieces) + 1)]
+        for step in range(2, len(pieces)):
+            if len(pieces[step - 2]) < 2 or len(pieces[step]) < 2:
+                continue
+            stop = b"".join(pieces)[starts[step - 2] + 1 : starts[step] + 1]
+            if stop not in b"".join(pieces[:step]):
+                try:
+                    return row, step, stop.decode()
+                except UnicodeDecodeError:
+                    continue
+    raise AssertionError("no multi-byte tokens in the sampled responses")
 
 
 def test_stop_strings_rejects_empty():
@@ -420,6 +443,18 @@ def test_greedy_sampling_takes_argmax():
     torch.testing.assert_close(logprobs, logits.log_softmax(-1)[[0, 1], [1, 0]])
 
 
+def test_suppressed_tokens_are_never_sampled_and_keep_logprobs():
+    logits = torch.tensor(PROBS).log().expand(20_000, -1).contiguous()
+    config = SamplingConfig(max_new_tokens=1, temperature=1.0, suppress_token_ids=[0, 3])
+    tokens, logprobs = sample_next_tokens(logits, config, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    assert freq[0] == 0 and freq[3] == 0
+    assert abs(freq[1] - 0.2 / 0.4) < 0.02
+    torch.testing.assert_close(logprobs, logits[0].log_softmax(-1)[tokens])  # untruncated
+    greedy = SamplingConfig(max_new_tokens=1, temperature=0.0, suppress_token_ids=[0])
+    assert sample_next_tokens(logits[:2], greedy)[0].tolist() == [1, 1]
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
@@ -495,7 +530,9 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
         ids, mask, media = thinker_batch(model)
 
         def rollout(m, max_new_tokens):
-            config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=50)
+            config = SamplingConfig(
+                max_new_tokens=max_new_tokens, temperature=1.0, top_k=50, suppress_token_ids=MEDIA_IDS
+            )
             return generate(m, ids, mask, config, num_samples=2, media=media, generator=torch.Generator().manual_seed(3))
 
         expected = rollout(reference, 6)
