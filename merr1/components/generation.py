@@ -43,7 +43,6 @@ Choices a reader might not expect (each is tested):
 
 from __future__ import annotations
 
-import logging
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,8 +50,6 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 # The Thinker's multimodal forward kwargs that may accompany a prompt batch.
 MEDIA_KEYS = frozenset(
@@ -245,7 +242,9 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
     Inside the context every FSDP module is unsharded and set not to reshard after forward, so
     decoding steps do no all-gathers (the default is one per FSDP module per step). On exit the
     previous reshard-after-forward settings are restored and every module is resharded, so
-    training continues as before. A no-op for unsharded models and when already gathered.
+    training continues as before (a training step then does exactly the all-gathers it would do
+    on a model that never generated). A no-op for unsharded models and when already gathered.
+    Run only no-grad work inside (rollouts, old/reference log-probs), not a training step.
 
     Args:
         model: the policy; FSDP modules are found among ``model.modules()``.
@@ -271,6 +270,7 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         _GATHERED.discard(root)
         _restore_reshard_settings(saved)
+        _forget_post_forward_order(fsdp_modules)
         for m in fsdp_modules:
             m.reshard()
 
@@ -283,6 +283,18 @@ def _reshard_settings(fsdp_modules: list[nn.Module]) -> list[tuple[object, bool,
         groups = [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups]
         saved.append((state, state._auto_reshard_after_forward, groups))
     return saved
+
+
+def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
+    """Drop the forward order FSDP recorded during decoding (it is only cleared by a backward).
+
+    FSDP2 prefetches, in backward, the module that ran forward just before; left in place, the
+    decoding steps' records make the next training backward all-gather one module too many.
+    """
+    for m in fsdp_modules:
+        for group in m._get_fsdp_state()._fsdp_param_groups:
+            group._post_forward_indices.clear()
+            group.comm_ctx.post_forward_order.clear()
 
 
 def _restore_reshard_settings(saved: list[tuple[object, bool, list]]) -> None:

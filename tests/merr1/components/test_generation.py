@@ -526,7 +526,8 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
     try:
         model = tiny_thinker(seed=0)
-        reference = tiny_thinker(seed=0)
+        fresh = tiny_thinker(seed=0)  # sharded like model, never used for generation
+        reference = tiny_thinker(seed=0)  # unsharded
         ids, mask, media = thinker_batch(model)
 
         def rollout(m, max_new_tokens):
@@ -537,11 +538,12 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
 
         expected = rollout(reference, 6)
         mesh = init_device_mesh("cpu", (world_size,))
-        for layer in model.model.language_model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model.model.audio_tower, mesh=mesh)
-        fully_shard(model.model.visual, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        for m in (model, fresh):
+            for layer in m.model.language_model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(m.model.audio_tower, mesh=mesh)
+            fully_shard(m.model.visual, mesh=mesh)
+            fully_shard(m, mesh=mesh)
 
         num_all_gathers = [0]
         original = dist.all_gather_single
@@ -566,19 +568,23 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             rollout(model, 3)
             rollout(model, 4)
         assert num_all_gathers[0] - start == 5
-        dist.all_gather_single = original
 
-        # Parameters are sharded again, and training works as on the unsharded model.
+        # Parameters are sharded again; a training step communicates exactly like on a model
+        # that never generated (reshard-after-forward restored) and matches the unsharded model.
         assert isinstance(model.model.language_model.layers[0].mlp.up_proj.weight, DTensor)
         full_ids = torch.cat([ids.repeat_interleave(2, 0), got.response_ids], 1)
         full_mask = torch.cat([mask.repeat_interleave(2, 0), got.response_mask.long()], 1)
         full_media = repeat_media(media, 2, 2)
-        losses = []
-        for m in (model, reference):
+        losses, train_all_gathers = [], []
+        for m in (model, fresh, reference):
+            start = num_all_gathers[0]
             out = m(input_ids=full_ids, attention_mask=full_mask, labels=full_ids, **full_media)
             out.loss.backward()
             losses.append(out.loss)
-        torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+            train_all_gathers.append(num_all_gathers[0] - start)
+        dist.all_gather_single = original
+        assert train_all_gathers[0] == train_all_gathers[1] > 5, train_all_gathers
+        torch.testing.assert_close(losses[0], losses[2], atol=1e-5, rtol=1e-5)
         reference_grads = dict(reference.named_parameters())
         for name, param in model.named_parameters():
             if param.grad is None:
