@@ -17,7 +17,9 @@ Choices a reader might not expect (each is tested):
 - ``logprobs`` are ``log_softmax(logits / temperature)`` of the sampled token under the FULL
   distribution, before top-k/top-p truncation: the quantity a teacher-forced forward pass on
   the same tokens reproduces (GRPO's old-policy log-probs). With ``temperature == 0`` (greedy)
-  they are taken at temperature 1.
+  they are taken at temperature 1. Equality with the teacher-forced pass is to ~1e-6 in float32;
+  in bfloat16 the KV-cache decode and a full forward round differently (max |diff| ~2e-3
+  measured on the tiny models), so bf16 recipes may prefer recomputing old log-probs.
 - Truncation order follows ``transformers``: suppressed tokens, temperature, then top-k, then
   top-p (on the top-k renormalised distribution; the token crossing ``top_p`` is kept, so at
   least one token is). Like truncation, suppression does not change the reported log-probs.
@@ -39,6 +41,9 @@ Choices a reader might not expect (each is tested):
   response, at most ``max_new_tokens``. The only host sync per step is that all-finished check.
 - Prompts may be padded on either side: rows are left-aligned by a stable sort of the mask.
 - The model's train/eval mode is left as is; everything runs under ``torch.no_grad()``.
+- FSDP2: ``generate`` all-gathers the parameters once per call, or once for a whole
+  ``with gathered_parameters(model):`` block (e.g. slow and fast rollouts plus old-policy
+  log-probs); decoding steps then do no communication.
 """
 
 from __future__ import annotations
@@ -65,6 +70,26 @@ MEDIA_KEYS = frozenset(
         "use_audio_in_video",
     }
 )
+
+
+# Thinker config fields naming media placeholder and boundary tokens.
+_MEDIA_TOKEN_FIELDS = (
+    "audio_token_index",
+    "image_token_index",
+    "video_token_index",
+    "audio_start_token_id",
+    "audio_end_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
+
+
+def media_token_ids(config) -> list[int]:
+    """The media placeholder and boundary token ids of a Thinker config ([] for text-only LMs).
+
+    Use as ``SamplingConfig.suppress_token_ids``: the policy must never generate them.
+    """
+    return sorted({getattr(config, name) for name in _MEDIA_TOKEN_FIELDS if getattr(config, name, None) is not None})
 
 
 @dataclass(frozen=True)
@@ -125,9 +150,9 @@ class SamplingConfig:
         eos_token_ids: token ids that end a response.
         pad_token_id: id written after a row finished.
         stop_strings: optional text-level stop strings (see ``StopStrings``).
-        suppress_token_ids: ids never sampled, e.g. the Thinker's media placeholders
-            (``<|AUDIO|>``, ``<|IMAGE|>``, ``<|VIDEO|>``): a sampled placeholder would make the
-            teacher-forced forward fail (placeholder count != media features).
+        suppress_token_ids: ids never sampled. For the Thinker pass ``media_token_ids(model.config)``:
+            a sampled media placeholder or boundary token (``<|AUDIO|>``, ``<|audio_bos|>``, ...)
+            makes the teacher-forced forward fail (placeholders no longer match the media).
     """
 
     max_new_tokens: int

@@ -13,6 +13,7 @@ from merr1.components.generation import (
     filter_logits,
     gathered_parameters,
     generate,
+    media_token_ids,
     repeat_media,
     sample_next_tokens,
 )
@@ -20,8 +21,9 @@ from merr1.components.models import tiny_qwen2, tiny_thinker
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
 
 S = TINY_SPECIAL_TOKENS
-# Media placeholders: a sampled one would break the teacher-forced Thinker forward.
-MEDIA_IDS = [S["<|AUDIO|>"], S["<|IMAGE|>"], S["<|VIDEO|>"]]
+# Media placeholders and boundaries: a sampled one would break the teacher-forced Thinker forward.
+MEDIA_IDS = [S[t] for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>")]
+MEDIA_IDS += [S["<|vision_bos|>"], S["<|vision_eos|>"]]
 
 
 @pytest.fixture(autouse=True)
@@ -441,6 +443,11 @@ def test_greedy_sampling_takes_argmax():
     tokens, logprobs = sample_next_tokens(logits, SamplingConfig(max_new_tokens=1, temperature=0.0))
     assert tokens.tolist() == [1, 0]
     torch.testing.assert_close(logprobs, logits.log_softmax(-1)[[0, 1], [1, 0]])
+
+
+def test_media_token_ids(thinker, qwen2):
+    assert media_token_ids(thinker.config) == sorted(MEDIA_IDS)
+    assert media_token_ids(qwen2.config) == []
 
 
 def test_suppressed_tokens_are_never_sampled_and_keep_logprobs():
