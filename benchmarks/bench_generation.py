@@ -53,7 +53,8 @@ def thinker_prompts(model, num_prompts: int, audio_frames: int = 200, video_grid
 
 def text_prompts(num_prompts: int, text_len: int = 48):
     gen = torch.Generator().manual_seed(0)
-    return left_pad([torch.randint(10, 500, (text_len - 3 * (b % 4),), generator=gen).tolist() for b in range(num_prompts)]) + (None,)
+    rows = [torch.randint(10, 500, (text_len - 3 * (b % 4),), generator=gen).tolist() for b in range(num_prompts)]
+    return left_pad(rows) + (None,)
 
 
 def left_pad(rows):
@@ -68,7 +69,8 @@ def left_pad(rows):
 
 def run_merr1(model, ids, mask, media, num_samples, new_tokens, greedy):
     config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0 if greedy else 1.0)
-    out = generate(model, ids, mask, config, num_samples=num_samples, media=media, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = generate(model, ids, mask, config, num_samples=num_samples, media=media, generator=gen)
     assert out.response_ids.shape == (len(ids) * num_samples, new_tokens)
 
 
@@ -106,7 +108,10 @@ def main() -> None:
     models = {"tiny Thinker (audio+video)": tiny_thinker().eval(), "tiny Qwen2 (text)": tiny_qwen2().eval()}
     # (mode, prompts B, samples G)
     settings = [("greedy", 8, 1), ("sample T=1", 2, 8), ("sample T=1", 8, 4)]
-    print(f"new tokens per row: {args.new_tokens}; median of {args.repeats} (CPU time); torch {torch.__version__}, 1 thread")
+    print(
+        f"new tokens per row: {args.new_tokens}; median of {args.repeats} (CPU time); "
+        f"torch {torch.__version__}, 1 thread"
+    )
     header = "| model | mode | B x G | prompt len | merr1 tok/s | transformers tok/s | speed-up |"
     print(header)
     print("|" + "---|" * 7)

@@ -42,7 +42,12 @@ TEXT_7B = dict(
     num_key_value_heads=4,
 )
 TEXT_TINY = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
 )
 BANDWIDTH_TBPS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35}
 
@@ -160,12 +165,9 @@ def main() -> None:
         samples = min(args.samples, rows)
         if rows % samples:
             raise ValueError(f"batch {rows} is not a multiple of {samples} samples per prompt")
-        ours = decode_tokens_per_s(model, rows, samples, args.prompt_len, args.new_tokens, args.repeats, False)
-        theirs = (
-            "-"
-            if args.no_hf
-            else f"{decode_tokens_per_s(model, rows, samples, args.prompt_len, args.new_tokens, args.repeats, True):,.0f}"
-        )
+        shape_args = (model, rows, samples, args.prompt_len, args.new_tokens, args.repeats)
+        ours = decode_tokens_per_s(*shape_args, use_hf=False)
+        theirs = "-" if args.no_hf else f"{decode_tokens_per_s(*shape_args, use_hf=True):,.0f}"
         if bandwidth is None:
             roofline, fraction = "n/a", "n/a"
         else:
@@ -173,7 +175,8 @@ def main() -> None:
             step_bytes = weights + rows * mean_context * per_token_kv
             roofline_rate = rows * bandwidth / step_bytes
             roofline, fraction = f"{roofline_rate:,.0f}", f"{ours / roofline_rate:.0%}"
-        print(f"| {rows} ({rows // samples} x {samples}) | {ours:,.0f} | {roofline} | {fraction} | {theirs} |", flush=True)
+        row = f"| {rows} ({rows // samples} x {samples}) | {ours:,.0f} | {roofline} | {fraction} | {theirs} |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

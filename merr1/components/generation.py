@@ -89,7 +89,8 @@ def media_token_ids(config) -> list[int]:
 
     Use as ``SamplingConfig.suppress_token_ids``: the policy must never generate them.
     """
-    return sorted({getattr(config, name) for name in _MEDIA_TOKEN_FIELDS if getattr(config, name, None) is not None})
+    ids = (getattr(config, name, None) for name in _MEDIA_TOKEN_FIELDS)
+    return sorted({token_id for token_id in ids if token_id is not None})
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class StopStrings:
             elif all(c in byte_decoder for c in token):
                 pieces.append(bytes(byte_decoder[c] for c in token))
             else:
-                pieces.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8"))
+                text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+                pieces.append(text.encode("utf-8"))
         max_len = max(1, max(len(p) for p in pieces))
         flat = bytearray(b"".join(p.ljust(max_len, b"\0") for p in pieces))
         table = torch.frombuffer(flat, dtype=torch.uint8).view(vocab_size, max_len).clone()
@@ -506,7 +508,9 @@ def _decode(
     )
 
 
-def repeat_media(media: dict[str, torch.Tensor], num_prompts: int, num_samples: int) -> dict[str, torch.Tensor]:
+def repeat_media(
+    media: dict[str, torch.Tensor], num_prompts: int, num_samples: int
+) -> dict[str, torch.Tensor]:
     """Repeat each prompt's media G times to match rollout rows (row ``b * G + g``).
 
     For teacher-forced passes over ``B * G`` prompt+response rows. Each modality's items (audios,
@@ -569,7 +573,9 @@ def _check_inputs(
             raise ValueError(f"media {sorted(media)} given to a text-only model")
         unknown = set(media) - MEDIA_KEYS
         if unknown:
-            raise ValueError(f"unknown media keys {sorted(unknown)}; expected a subset of {sorted(MEDIA_KEYS)}")
+            raise ValueError(
+                f"unknown media keys {sorted(unknown)}; expected a subset of {sorted(MEDIA_KEYS)}"
+            )
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -169,7 +169,8 @@ def test_logprobs_match_teacher_forced_forward(name, temperature, top_k, top_p, 
     config = SamplingConfig(
         max_new_tokens=10, temperature=temperature, top_k=top_k, top_p=top_p, suppress_token_ids=MEDIA_IDS
     )
-    rollouts = generate(model, ids, mask, config, num_samples=3, media=media, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    rollouts = generate(model, ids, mask, config, num_samples=3, media=media, generator=gen)
     expected = teacher_forced_logprobs(model, ids, mask, rollouts, temperature or 1.0, 3, media)
     assert rollouts.logprobs.shape == (3 * len(ids), 10)
     torch.testing.assert_close(rollouts.logprobs, expected, atol=1e-4, rtol=0)
@@ -185,7 +186,8 @@ def test_same_seed_same_rollouts_independent_of_global_rng(name, thinker, qwen2)
 
     def run(seed, global_seed):
         torch.manual_seed(global_seed)
-        return generate(model, ids, mask, config, num_samples=4, media=media, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        return generate(model, ids, mask, config, num_samples=4, media=media, generator=gen)
 
     first, again, other = run(7, 0), run(7, 123), run(8, 0)
     assert torch.equal(first.response_ids, again.response_ids)
@@ -200,7 +202,8 @@ def test_prefill_once_equals_prefilling_every_copy(name, thinker, qwen2):
     model, ids, mask, media = model_and_batch(name, thinker, qwen2)
     num_samples = 3
     config = SamplingConfig(max_new_tokens=8, temperature=1.0)
-    once = generate(model, ids, mask, config, num_samples=num_samples, media=media, generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    once = generate(model, ids, mask, config, num_samples=num_samples, media=media, generator=gen)
     every_media = repeat_media(media, len(ids), num_samples) if media else None
     every = generate(
         model,
@@ -277,7 +280,8 @@ def test_loop_stops_early_when_all_rows_finished(qwen2):
 def test_max_new_tokens_truncates_unfinished_rows(max_new_tokens, thinker):
     ids, mask, media = thinker_batch(thinker)
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0)
-    rollouts = generate(thinker, ids, mask, config, num_samples=2, media=media, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    rollouts = generate(thinker, ids, mask, config, num_samples=2, media=media, generator=gen)
     assert isinstance(rollouts, Rollouts)
     assert rollouts.response_ids.shape == rollouts.logprobs.shape == (4, max_new_tokens)
     assert rollouts.response_mask.all() and not rollouts.finished.any()
@@ -597,7 +601,8 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             if param.grad is None:
                 assert reference_grads[name].grad is None, name
                 continue
-            torch.testing.assert_close(param.grad.full_tensor(), reference_grads[name].grad, atol=1e-5, rtol=1e-4)
+            expected_grad = reference_grads[name].grad
+            torch.testing.assert_close(param.grad.full_tensor(), expected_grad, atol=1e-5, rtol=1e-4)
     finally:
         dist.destroy_process_group()
 
