@@ -32,8 +32,18 @@ def _entry(rank: int, fn: Callable[..., None], work_dir: str, args: tuple) -> No
         dist.destroy_process_group()
 
 
+def _import_heavy_modules() -> None:
+    """Import what the ranks need before forking, so each rank does not import it again."""
+    import safetensors.torch  # noqa: F401
+    import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+    import torchao.float8  # noqa: F401
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Qwen2ForCausalLM  # noqa: F401
+
+
 def run_two_ranks(fn: Callable[..., None], work_dir: str | Path, *args) -> dict[str, Any]:
     """Call ``fn(out, *args)`` on 2 ranks; returns the ``out`` dict that rank 0 filled."""
+    _import_heavy_modules()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     mp.start_processes(_entry, args=(fn, str(work_dir), args), nprocs=WORLD_SIZE, join=True, start_method="fork")
