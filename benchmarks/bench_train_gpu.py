@@ -209,7 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}")
     parser.add_argument("--ac", default="full", choices=("full", "none"), help="activation checkpointing")
-    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager with --tiny)")
+    parser.add_argument(
+        "--compile-backend", default=None, help="torch.compile backend (default inductor; aot_eager with --tiny)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     parser.add_argument("--tiny", action="store_true", help="tiny Thinker on CPU: smoke test, float8 emulated")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -6,11 +6,13 @@ the flat layout ``audio_tower.*``, ``visual.*``, ``model.*`` (the LLM) and ``lm_
 Qwen2.5-Omni checkpoint prefixes those with ``thinker.`` next to ``talker.*`` and ``token2wav.*``
 (METHOD section 1). ``hf_to_model_key`` / ``model_to_hf_key`` translate; Qwen2 keys are identical.
 
-Distributed loading (no rank ever holds two full copies):
+Distributed loading (no rank ever holds two full copies): every rank builds the model with
+``device="meta"`` (see ``merr1.components.models``), applies float8/AC/compile and shards it, then
 
-1. rank 0 builds the model with ``device="cpu"`` (its one full copy, e.g. read by
-   ``read_hf_state_dict``) and keeps ``model.state_dict()``; every rank builds the same model
-   with ``device="meta"`` (see ``merr1.components.models``) and shards it;
+1. checkpoint-based models: ``load_hf_checkpoint(sharded, checkpoint_dir, device)``: rank 0 reads
+   the safetensors into one full CPU state dict (``read_hf_state_dict``), then step 2;
+   tiny/random models: rank 0 builds the same builder with ``device="cpu"`` (its one full copy)
+   and passes ``model.state_dict()`` to step 2, the other ranks pass ``None``;
 2. ``load_full_state_dict(sharded, full_state_dict_or_None, device)`` materialises the meta
    parameters on ``device``, restores the non-persistent buffers, and broadcasts rank 0's
    tensors with ``set_model_state_dict(..., full_state_dict=True, broadcast_from_rank0=True)``,
@@ -158,6 +160,9 @@ def read_hf_state_dict(checkpoint_dir: str | Path, model: nn.Module) -> dict[str
             key = hf_to_model_key(ckpt_key, thinker)
         names[key] = ckpt_key
 
+    # Old checkpoints may store non-persistent buffers (rotary inv_freq): recomputed, never read.
+    buffer_names = {name for name, _ in model.named_buffers()}
+    names = {key: ckpt_key for key, ckpt_key in names.items() if key not in buffer_names}
     expected = model.state_dict()
     tied_head = ties_word_embeddings(model) and "lm_head.weight" in expected and "lm_head.weight" not in names
     missing = sorted(set(expected) - set(names) - ({"lm_head.weight"} if tied_head else set()))
@@ -187,7 +192,9 @@ def materialize_meta_model(model: nn.Module, device: str | torch.device) -> None
     """Allocate meta parameters on ``device`` (uninitialised) keeping buffer values.
 
     ``to_empty`` re-allocates buffers too; the builders' meta skeletons hold real buffer values
-    (rotary frequencies), which are saved before and copied back after.
+    (rotary frequencies), which are saved before and copied back after. An unsharded model's tied
+    embeddings are re-tied (``to_empty`` gives each module its own new parameter; FSDP2 keeps the
+    sharing itself).
     """
     buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
     meta_buffers = [name for name, buf in buffers.items() if buf.device.type == "meta"]
@@ -201,7 +208,7 @@ def materialize_meta_model(model: nn.Module, device: str | torch.device) -> None
         for name, value in buffers.items():
             model.get_buffer(name).copy_(value)
     if not _is_sharded(model):
-        retie_word_embeddings(model)  # to_empty gives each module its own new parameter
+        retie_word_embeddings(model)
 
 
 def load_full_state_dict(
@@ -424,7 +431,14 @@ def save_hf_checkpoint(
     output_dir = Path(output_dir)
     if full_state_dict is not None:
         _write_checkpoint(
-            model, full_state_dict, output_dir, dtype, tokenizer, copy_files_from, omni_checkpoint_dir, max_shard_size_gb
+            model,
+            full_state_dict,
+            output_dir,
+            dtype,
+            tokenizer,
+            copy_files_from,
+            omni_checkpoint_dir,
+            max_shard_size_gb,
         )
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

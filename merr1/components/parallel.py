@@ -110,7 +110,9 @@ def apply_float8(
     config = Float8LinearConfig.from_recipe_name(recipe)
     config = dataclasses.replace(config, enable_fsdp_float8_all_gather=enable_fsdp_float8_all_gather, emulate=emulate)
     module_filter = float8_module_filter(model)
-    converted = [fqn for fqn, module in model.named_modules() if isinstance(module, nn.Linear) and module_filter(module, fqn)]
+    converted = [
+        fqn for fqn, module in model.named_modules() if isinstance(module, nn.Linear) and module_filter(module, fqn)
+    ]
     convert_to_float8_training(model, config=config, module_filter_fn=module_filter)
     logger.info("float8 %s: converted %d linear layers", recipe, len(converted))
     return converted

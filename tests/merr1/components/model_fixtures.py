@@ -74,7 +74,8 @@ def text_batch(seed: int = 0, batch_size: int = 2, length: int = 16) -> dict[str
     """Text-only forward kwargs (with ``labels``) for the tiny Qwen2 / a text-only Thinker pass."""
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(10, 500, (batch_size, length), generator=g)  # [B, L]
-    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=input_ids.clone(), use_cache=False)
+    attention_mask = torch.ones_like(input_ids)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids.clone(), use_cache=False)
 
 
 # Dummy non-Thinker tensors of the fake full checkpoint (the real ones are the Talker and token2wav).

@@ -251,7 +251,9 @@ def _two_rank_scenario(out: dict, thinker_dir: str, qwen2_dir: str, save_root: s
     model = shard_model(tiny_thinker(device="meta"), param_dtype=None)
     load_full_state_dict(model, full_state_dict, device="cpu")
     out["seeded_logits"] = _logits(model, batch)
-    out["caller_dict_untouched"] = full_state_dict is None or all(type(t) is torch.Tensor for t in full_state_dict.values())
+    out["caller_dict_untouched"] = full_state_dict is None or all(
+        type(t) is torch.Tensor for t in full_state_dict.values()
+    )
 
     for name, builder, checkpoint_dir, kwargs in (
         ("thinker", qwen2_5_omni_thinker, thinker_dir, batch),
@@ -266,10 +268,26 @@ def _two_rank_scenario(out: dict, thinker_dir: str, qwen2_dir: str, save_root: s
         optimizer.step()
         out[f"{name}_trained_logits"] = _logits(model, kwargs)
         saved = save_hf_checkpoint(
-            model, f"{save_root}/{name}", dtype=torch.float32, max_shard_size_gb=100e3 / 1024**3, copy_files_from=checkpoint_dir
+            model,
+            f"{save_root}/{name}",
+            dtype=torch.float32,
+            max_shard_size_gb=100e3 / 1024**3,
+            copy_files_from=checkpoint_dir,
         )
         out[f"{name}_returned_path"] = saved
     out["qwen2_tied_after_step"] = model.lm_head.weight is model.model.embed_tokens.weight
+
+    # The full recipe order: float8 (+ float8 all-gather), AC, compile, shard, load from rank 0.
+    from merr1.components.parallel import apply_activation_checkpointing, apply_float8, compile_decoder_layers
+
+    full_state_dict = tiny_thinker(seed=3).state_dict() if rank0 else None
+    model = tiny_thinker(device="meta")
+    apply_float8(model, recipe="tensorwise", enable_fsdp_float8_all_gather=True, emulate=True)
+    apply_activation_checkpointing(model)
+    compile_decoder_layers(model, backend="aot_eager")
+    shard_model(model, param_dtype=None)
+    load_full_state_dict(model, full_state_dict, device="cpu")
+    out["recipe_order_loss"] = model(**batch).loss.detach()
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +295,8 @@ def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt2")
     save_hf_checkpoint(tiny_thinker(seed=5), root / "thinker", dtype=torch.float32, tokenizer=tiny_tokenizer())
     save_hf_checkpoint(tiny_qwen2(seed=5), root / "qwen2", dtype=torch.float32)
-    results = run_two_ranks(_two_rank_scenario, root / "work", str(root / "thinker"), str(root / "qwen2"), str(root / "saved"))
+    dirs = [str(root / name) for name in ("thinker", "qwen2", "saved")]
+    results = run_two_ranks(_two_rank_scenario, root / "work", *dirs)
     return results, root
 
 
@@ -288,14 +307,18 @@ def test_two_ranks_load_from_rank0_equals_unsharded(two_ranks):
     assert results["caller_dict_untouched"]
 
 
-@pytest.mark.parametrize("name, builder, batch_fn", [("thinker", tiny_thinker, multimodal_batch), ("qwen2", tiny_qwen2, None)])
+@pytest.mark.parametrize(
+    "name, builder, batch_fn", [("thinker", tiny_thinker, multimodal_batch), ("qwen2", tiny_qwen2, None)]
+)
 def test_two_ranks_load_hf_checkpoint_equals_unsharded(two_ranks, name, builder, batch_fn):
     results, _ = two_ranks
     batch = batch_fn(tiny_thinker(device="meta")) if batch_fn else text_batch()
     assert torch.equal(results[f"{name}_loaded_logits"], _logits(builder(seed=5), batch))
 
 
-@pytest.mark.parametrize("name, load, batch_fn", [("thinker", _hf_thinker, multimodal_batch), ("qwen2", _hf_qwen2, None)])
+@pytest.mark.parametrize(
+    "name, load, batch_fn", [("thinker", _hf_thinker, multimodal_batch), ("qwen2", _hf_qwen2, None)]
+)
 def test_two_ranks_save_reloads_with_from_pretrained(two_ranks, name, load, batch_fn):
     results, root = two_ranks
     saved = root / "saved" / name
@@ -310,3 +333,27 @@ def test_two_ranks_save_reloads_with_from_pretrained(two_ranks, name, load, batc
 def test_two_ranks_tied_embeddings_survive_sharded_training(two_ranks):
     results, _ = two_ranks
     assert results["qwen2_tied_after_step"]
+
+
+def test_two_ranks_full_recipe_order_loads_into_float8_compiled_sharded_model(two_ranks):
+    from merr1.components.parallel import apply_float8
+
+    results, _ = two_ranks
+    reference = tiny_thinker(seed=3)
+    apply_float8(reference, recipe="tensorwise", emulate=True)
+    batch = multimodal_batch(reference)
+    with torch.no_grad():
+        expected = reference(**batch).loss
+    torch.testing.assert_close(results["recipe_order_loss"], expected, atol=1e-5, rtol=0)
+
+
+def test_read_ignores_stored_non_persistent_buffers(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_hf_checkpoint(tiny_qwen2(seed=6), tmp_path / "ckpt", dtype=torch.float32)
+    path = tmp_path / "ckpt" / SAFE_WEIGHTS_NAME
+    tensors = load_file(str(path))
+    tensors["model.rotary_emb.inv_freq"] = torch.ones(16)  # as some old checkpoints store it
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    model = qwen2_causal_lm(tmp_path / "ckpt", dtype=torch.float32)
+    assert torch.equal(model.model.rotary_emb.inv_freq, tiny_qwen2().model.rotary_emb.inv_freq)

@@ -93,8 +93,8 @@ def test_bf16_parameters_are_the_rounded_float32_ones_and_buffers_stay_float32()
 @pytest.mark.parametrize(
     "size, per_layer, num_layers, embedding",
     [
-        ("7B", 3584 * 3584 + 3584 + 2 * (3584 * 512 + 512) + 3584 * 3584 + 3 * 3584 * 18944 + 2 * 3584, 28, 152064 * 3584),
-        ("3B", 2048 * 2048 + 2048 + 2 * (2048 * 256 + 256) + 2048 * 2048 + 3 * 2048 * 11008 + 2 * 2048, 36, 151936 * 2048),
+        ("7B", 3584**2 + 3584 + 2 * (3584 * 512 + 512) + 3584**2 + 3 * 3584 * 18944 + 2 * 3584, 28, 152064 * 3584),
+        ("3B", 2048**2 + 2048 + 2 * (2048 * 256 + 256) + 2048**2 + 3 * 2048 * 11008 + 2 * 2048, 36, 151936 * 2048),
     ],
 )
 def test_real_thinker_shapes_parameter_counts(size, per_layer, num_layers, embedding):

@@ -35,6 +35,8 @@ def _entry(rank: int, fn: Callable[..., None], work_dir: str, args: tuple) -> No
 def _import_heavy_modules() -> None:
     """Import what the ranks need before forking, so each rank does not import it again."""
     import safetensors.torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.algorithms._checkpoint.checkpoint_wrapper  # noqa: F401
     import torch.distributed.checkpoint.state_dict  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
     import torchao.float8  # noqa: F401
