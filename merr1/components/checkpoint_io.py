@@ -40,7 +40,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from merr1.components.models import is_full_omni_checkpoint, is_thinker, retie_word_embeddings, ties_word_embeddings
+from merr1.components.models import (
+    is_full_omni_checkpoint,
+    is_thinker,
+    resolve_dtype,
+    retie_word_embeddings,
+    ties_word_embeddings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +401,7 @@ def save_hf_checkpoint(
     model: nn.Module,
     output_dir: str | Path,
     *,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | str = torch.bfloat16,
     tokenizer=None,
     copy_files_from: str | Path | None = None,
     omni_checkpoint_dir: str | Path | None = None,
@@ -422,6 +428,7 @@ def save_hf_checkpoint(
     Returns:
         ``Path(output_dir)`` on rank 0, ``None`` on the other ranks.
     """
+    dtype = resolve_dtype(dtype)
     thinker = is_thinker(model)
     if omni_checkpoint_dir is not None and not thinker:
         raise ValueError("omni_checkpoint_dir needs a Qwen2.5-Omni Thinker model")

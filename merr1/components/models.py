@@ -82,6 +82,15 @@ THINKER_VISION_SHAPE = dict(
     fullatt_block_indexes=[7, 15, 23, 31],
 )
 
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
 _FULL_OMNI_MODEL_TYPE = "qwen2_5_omni"
 _THINKER_MODEL_TYPE = "qwen2_5_omni_thinker"
 
@@ -129,6 +138,15 @@ def _model_class(config):
     return classes[config.model_type]
 
 
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.bfloat16`` or its YAML spelling (``"bf16"``, ``"bfloat16"``, ``"fp32"``, ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
 def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Cast parameters (not buffers) to ``dtype`` in place; tied parameters stay tied."""
     for param in model.parameters():
@@ -140,7 +158,7 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def build_model(
     config,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> nn.Module:
@@ -148,7 +166,7 @@ def build_model(
 
     Args:
         config: a ``Qwen2_5OmniThinkerConfig`` or ``Qwen2Config``.
-        dtype: parameter dtype (weights are initialised in float32, then cast).
+        dtype: parameter dtype, or its name (weights are initialised in float32, then cast).
         device: ``"meta"`` for a skeleton (parameters on meta, buffers real, see module
             docstring); any other device builds and initialises the weights there.
         seed: RNG seed of the initialisation (the global RNG state is left untouched).
@@ -164,7 +182,7 @@ def build_model(
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(seed)
             model = cls(config)
-    return cast_parameters(model, dtype)
+    return cast_parameters(model, resolve_dtype(dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +262,7 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def tiny_thinker(
-    seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **config_kwargs
+    seed: int = 0, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu", **config_kwargs
 ) -> nn.Module:
     """A randomly initialised tiny Qwen2.5-Omni Thinker (``Qwen2_5OmniThinkerForConditionalGeneration``).
 
@@ -285,7 +303,7 @@ def tiny_qwen2_config(
 
 
 def tiny_qwen2(
-    seed: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **config_kwargs
+    seed: int = 0, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu", **config_kwargs
 ) -> nn.Module:
     """A randomly initialised tiny ``Qwen2ForCausalLM`` (arguments as ``tiny_thinker``)."""
     return build_model(tiny_qwen2_config(**config_kwargs), dtype=dtype, device=device, seed=seed)
@@ -325,7 +343,7 @@ def qwen2_5_omni_thinker_config(size: str = "7B", num_hidden_layers: int | None 
 def qwen2_5_omni_thinker_random(
     size: str = "7B",
     seed: int = 0,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | str = torch.bfloat16,
     device: str | torch.device = "cpu",
     num_hidden_layers: int | None = None,
 ) -> nn.Module:
@@ -377,7 +395,9 @@ def load_qwen2_config(checkpoint_dir: str | Path):
     return Qwen2Config.from_pretrained(str(checkpoint_dir))
 
 
-def _from_checkpoint(config, checkpoint_dir: str | Path, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
+def _from_checkpoint(
+    config, checkpoint_dir: str | Path, dtype: torch.dtype | str, device: str | torch.device
+) -> nn.Module:
     from merr1.components.checkpoint_io import read_hf_state_dict
 
     model = build_model(config, dtype=dtype, device="meta")
@@ -391,7 +411,7 @@ def _from_checkpoint(config, checkpoint_dir: str | Path, dtype: torch.dtype, dev
 
 
 def qwen2_5_omni_thinker(
-    checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    checkpoint_dir: str | Path, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu"
 ) -> nn.Module:
     """The Qwen2.5-Omni Thinker (3B or 7B) from a local HF checkpoint directory.
 
@@ -408,7 +428,7 @@ def qwen2_5_omni_thinker(
 
 
 def qwen2_causal_lm(
-    checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    checkpoint_dir: str | Path, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu"
 ) -> nn.Module:
     """A text-only Qwen2/Qwen2.5 ``Qwen2ForCausalLM`` from a local HF checkpoint directory."""
     return _from_checkpoint(load_qwen2_config(checkpoint_dir), checkpoint_dir, dtype, device)

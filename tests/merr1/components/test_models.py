@@ -16,6 +16,7 @@ from merr1.components.models import (
     qwen2_5_omni_thinker_config,
     qwen2_5_omni_thinker_random,
     qwen2_causal_lm,
+    resolve_dtype,
     tiny_qwen2,
     tiny_thinker,
 )
@@ -86,6 +87,24 @@ def test_bf16_parameters_are_the_rounded_float32_ones_and_buffers_stay_float32()
         assert p16.dtype == torch.bfloat16
         assert torch.equal(p32.to(torch.bfloat16), p16), name
     assert {b.dtype for b in half.buffers()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("fp32", torch.float32), ("float32", torch.float32),
+     ("fp16", torch.float16), (torch.bfloat16, torch.bfloat16)],
+)
+def test_resolve_dtype_accepts_yaml_spellings(name, expected):
+    assert resolve_dtype(name) is expected
+
+
+def test_resolve_dtype_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8")
+
+
+def test_builders_accept_dtype_names():
+    assert {p.dtype for p in tiny_qwen2(dtype="bf16", device="meta").parameters()} == {torch.bfloat16}
 
 
 # Hand-derived: per layer q (h*h + h bias), k and v (h*kv + kv each, kv = num_kv_heads * 128),
