@@ -179,7 +179,9 @@ def build_model(
         with _parameters_on_meta():
             model = cls(config)
     else:
-        with torch.random.fork_rng(devices=[]), torch.device(device):
+        device = torch.device(device)
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices), device:
             torch.manual_seed(seed)
             model = cls(config)
     return cast_parameters(model, resolve_dtype(dtype))
