@@ -180,7 +180,10 @@ def build_model(
             model = cls(config)
     else:
         device = torch.device(device)
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        if device.type == "cuda":
+            cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+        else:
+            cuda_devices = []
         with torch.random.fork_rng(devices=cuda_devices), device:
             torch.manual_seed(seed)
             model = cls(config)
