@@ -500,3 +500,36 @@ def multimodal_encoders(model: nn.Module) -> list[nn.Module]:
     if not is_thinker(model):
         return []
     return [_base(model).audio_tower, _base(model).visual]
+
+
+@contextlib.contextmanager
+def logits_only_at(model: nn.Module, positions: torch.Tensor) -> Iterator[None]:
+    """Inside the block, ``model(...).logits`` holds only the rows at ``positions``.
+
+    The Thinker computes ``lm_head`` on every position (it ignores ``logits_to_keep``); over a long
+    audio/video prompt that is most of a step's memory ([B, L, V] with V = 152k). A forward
+    pre-hook on ``lm_head`` gathers the wanted hidden states first, so the root module's forward
+    (and its FSDP2 hooks) runs unchanged and gradients flow through the gather.
+
+    Args:
+        model: a Thinker or causal LM (FSDP2-sharded or not).
+        positions: bool mask [B, L] of the positions whose logits are needed.
+
+    Yields:
+        nothing; ``model(...).logits`` inside the block is [N, V] with N = positions.sum(),
+        rows in row-major order of ``positions`` (i.e. ``full_logits[positions]``).
+    """
+    if positions.dtype != torch.bool or positions.dim() != 2:
+        raise ValueError(f"positions must be a bool mask [B, L], got {positions.dtype} {tuple(positions.shape)}")
+
+    def gather_rows(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]  # [B, L, H]
+        if hidden.shape[:2] != positions.shape:
+            raise ValueError(f"positions mask {tuple(positions.shape)} does not match hidden states {tuple(hidden.shape[:2])}")
+        return (hidden[positions.to(hidden.device)], *args[1:])  # [N, H]
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather_rows)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -6,6 +6,7 @@ from model_fixtures import make_fake_omni_checkpoint, multimodal_batch, text_bat
 
 from merr1.components.checkpoint_io import save_hf_checkpoint
 from merr1.components.models import (
+    logits_only_at,
     THINKER_TEXT_SHAPES,
     checkpoint_processor,
     checkpoint_tokenizer,
@@ -52,6 +53,39 @@ def test_tiny_thinker_loss_depends_on_each_modality(media_key):
         loss = model(**batch).loss
         batch[media_key] = batch[media_key] + 1.0
         assert model(**batch).loss != loss
+
+
+@pytest.mark.parametrize("builder", ["thinker", "qwen2"])
+def test_logits_only_at_equals_full_logits_rows_and_their_gradients(builder):
+    model = tiny_thinker() if builder == "thinker" else tiny_qwen2()
+    batch = multimodal_batch(model) if builder == "thinker" else text_batch()
+    batch.pop("labels", None)
+    positions = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    positions[0, -3:] = True
+    positions[1, 2] = True
+    full = model(**batch).logits
+    full[positions].square().sum().backward()
+    full_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    with logits_only_at(model, positions):
+        rows = model(**batch).logits
+    assert rows.shape == (4, full.shape[-1])
+    torch.testing.assert_close(rows, full[positions].detach())
+    rows.square().sum().backward()
+    torch.testing.assert_close(model.lm_head.weight.grad, full_grad)
+    assert model(**batch).logits.shape == full.shape  # the hook is gone after the block
+
+
+def test_logits_only_at_rejects_bad_masks():
+    model = tiny_qwen2()
+    with pytest.raises(ValueError, match="bool mask"):
+        with logits_only_at(model, torch.ones(2, 3, dtype=torch.long)):
+            pass
+    batch = text_batch()
+    batch.pop("labels", None)
+    with pytest.raises(ValueError, match="does not match"):
+        with logits_only_at(model, torch.ones(1, 2, dtype=torch.bool)):
+            model(**batch)
 
 
 def test_tiny_qwen2_forward_backward():
