@@ -97,10 +97,12 @@ def parse_answers(answers: list[str | None], count_words: bool = False) -> Parse
     )
 
 
-def popcount(x: torch.Tensor, num_bits: int = BITS_PER_WHEEL) -> torch.Tensor:
-    """Number of set bits of non-negative int64 values below ``2**num_bits`` (elementwise)."""
-    shifts = torch.arange(num_bits, dtype=x.dtype, device=x.device)
-    return ((x.unsqueeze(-1) >> shifts) & 1).sum(-1)
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(1 << BITS_PER_WHEEL)], dtype=torch.int64)
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of int64 values in ``[0, 2**BITS_PER_WHEEL)`` (elementwise table lookup)."""
+    return _POPCOUNT.to(x.device)[x]
 
 
 def set_scores(
