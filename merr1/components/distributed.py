@@ -174,6 +174,32 @@ def all_reduce_dict(values: dict[str, float | torch.Tensor], op: ReduceOp = "mea
     return dict(zip(keys, packed.tolist()))
 
 
+class ResumableDistributedSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` that can start an epoch part-way, without loading the skipped samples.
+
+    The order of an epoch depends only on (``seed``, epoch), as for ``DistributedSampler``;
+    ``set_epoch(epoch, start_index)`` drops the first ``start_index`` indices of this rank's order,
+    so a resumed run sees exactly the samples the uninterrupted run would have seen next.
+    """
+
+    def __init__(self, dataset, *, num_replicas: int, rank: int, shuffle: bool, seed: int, drop_last: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.start_index = 0
+
+    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+        if not 0 <= start_index <= self.num_samples:
+            raise ValueError(f"start_index {start_index} outside [0, {self.num_samples}] for this epoch")
+        super().set_epoch(epoch)
+        self.start_index = start_index
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start_index :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():

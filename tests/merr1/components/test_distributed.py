@@ -151,3 +151,23 @@ def test_two_gloo_ranks(tmp_path):
         assert out["max_grad_diff"] < 1e-6  # clipped sharded grads == clipped unsharded grads
         assert out["optimizer_foreach"] is True
     assert results[0]["norm"] == results[1]["norm"]
+
+
+def test_resumable_sampler_starts_part_way_with_the_same_order():
+    from merr1.components.distributed import ResumableDistributedSampler
+
+    data = list(range(23))
+    for rank in (0, 1):
+        full = ResumableDistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        full.set_epoch(3)
+        order = list(full)
+        assert len(order) == len(full) == 11  # drop_last: 23 // 2
+        resumed = ResumableDistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=7)
+        resumed.set_epoch(3, start_index=4)
+        assert list(resumed) == order[4:] and len(resumed) == 7
+        resumed.set_epoch(4)
+        other = list(resumed)
+        assert other != order  # a new epoch reshuffles
+        assert len(other) == 11
+    with pytest.raises(ValueError, match="start_index"):
+        full.set_epoch(0, start_index=12)
