@@ -210,3 +210,26 @@ class GRPOLoss:
             max_len=self.max_len,
             normalizer=normalizer,
         )
+
+
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Summed next-token cross-entropy of the target rows (the SFT loss numerator).
+
+    The recipe divides by the GLOBAL number of target tokens of the optimizer step (all ranks, all
+    micro-batches), so N ranks x batch B give the same loss and gradient as 1 rank x batch N*B.
+    Rows are upcast to float32 ``chunk_size`` at a time to bound memory (V = 152k for Qwen).
+
+    Args:
+        logits: logits of the positions that predict a target. # [N, V]
+        targets: the target token ids. # [N]
+
+    Returns:
+        The float32 scalar sum over the N rows of -log softmax(logits)[target].
+    """
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logit rows for {targets.shape[0]} targets")
+    total = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, logits.shape[0], chunk_size):
+        rows = logits[start : start + chunk_size].float()
+        total = total + torch.nn.functional.cross_entropy(rows, targets[start : start + chunk_size], reduction="sum")
+    return total

@@ -174,3 +174,17 @@ def test_loss_on_cuda_matches_cpu(aggregation):
     for name, value in cpu_stats.items():
         assert cuda_stats[name].device.type == "cuda"
         assert cuda_stats[name].item() == pytest.approx(value.item(), abs=1e-5)
+
+
+def test_cross_entropy_sum_hand_values_and_chunking():
+    from merr1.components.loss import cross_entropy_sum
+
+    # Uniform logits over V = 4 -> each token costs log 4; a one-hot-ish row costs log(1 + 3e^-10)+0.
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    targets = torch.tensor([2, 0, 1])
+    expected = 2 * math.log(4) + math.log(1 + 3 * math.exp(-10))
+    for chunk in (1, 2, 4096):
+        assert cross_entropy_sum(logits, targets, chunk_size=chunk).item() == pytest.approx(expected, rel=1e-6)
+    assert cross_entropy_sum(logits[:0], targets[:0]).item() == 0.0
+    with pytest.raises(ValueError, match="targets"):
+        cross_entropy_sum(logits, targets[:2])
