@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--shard {args.shard}: need 0 <= i < n")
     if num_shards > 1:
         if names is None:
-            names = sorted(set(find_media_files(audio_dir, (".wav",))) | set(find_media_files(video_dir, VIDEO_EXTENSIONS)))
+            found = set(find_media_files(audio_dir, (".wav",))) | set(find_media_files(video_dir, VIDEO_EXTENSIONS))
+            names = sorted(found)
         names = names[shard::num_shards]
     report = prepare_media(
         args.out or args.data_dir / "media_cache",

@@ -24,7 +24,8 @@ It is deterministic across machines and Python versions and does not depend on r
 computed on every name of the openset file, before bad rows are dropped, so a missing media file
 never moves other samples between the splits.
 
-Items (dicts; ``merr1.components.data_collate`` turns lists of them into batches):
+Items (dicts; ``SFTCollator`` / ``PromptCollator`` from ``merr1.components.data_collate``, also
+importable from here, turn lists of them into batches):
 
 - ``sft`` mode: ``name``, ``input_ids`` [L], ``labels`` [L] (-100 on the prompt; the target and
   the closing ``<|im_end|>`` are supervised), ``media`` (per-sample Thinker kwargs, {} text-only);
@@ -60,15 +61,35 @@ import torch
 from torch.utils.data import Dataset
 
 from merr1.components import data_media
+from merr1.components.data_collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
 from merr1.components.prompts import (
     QWEN_OMNI_SYSTEM_PROMPT,
     PromptEncoder,
     ResponseFormat,
     encode_target,
-    get_response_format,
     num_audio_tokens,
     num_video_tokens,
 )
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BadRow",
+    "BadRowError",
+    "MERCaptionPlusDataset",
+    "MERUniBenchDataset",
+    "PromptCollator",
+    "SFTCollator",
+    "collate_media",
+    "mer_caption_plus",
+    "mer_caption_plus_sample",
+    "mer_unibench",
+    "mer_unibench_sample",
+    "parse_openset",
+    "parse_openset_cell",
+    "read_csv",
+    "read_subtitles",
+    "split_sft_rl",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +99,6 @@ SUBTITLE_CSV = "subtitle_chieng.csv"
 EVAL_LABELS_CSV = "labels.csv"
 EVAL_SUBTITLE_CSV = "subtitle.csv"
 MEDIA_DIR = "media_cache"
-IGNORE_INDEX = -100
 EVAL_TASKS = {"openset": "ovmerd", "label": "basic", "score": "sentiment"}
 _MAX_LOGGED_BAD_ROWS = 20
 
@@ -94,6 +114,9 @@ class BadRow:
     name: str
     kind: str
     detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.kind}" + (f": {self.detail}" if self.detail else "")
 
 
 class BadRowError(ValueError):
@@ -161,9 +184,11 @@ def split_sft_rl(names: Iterable[str], num_sft_samples: int, seed: int = 0) -> t
 # Files
 
 
-def read_csv(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (names stripped); clear errors for a missing file or column."""
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (names stripped); clear errors for a missing file or column
+    (``name`` is always required)."""
     path = Path(path)
+    required = ("name", *[c for c in required if c != "name"])
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -268,11 +293,9 @@ def _report_bad_rows(what: str, bad_rows: list[BadRow], num_kept: int, strict: b
         return
     if strict:
         first = bad_rows[0]
-        raise ValueError(
-            f"{what}: {len(bad_rows)} bad row(s) (strict=True); first: {first.name}: {first.kind} {first.detail}"
-        )
+        raise ValueError(f"{what}: {len(bad_rows)} bad row(s) (strict=True); first: {first}")
     for row in bad_rows[:_MAX_LOGGED_BAD_ROWS]:
-        log.warning("%s: skipping %s: %s %s", what, row.name, row.kind, row.detail)
+        log.warning("%s: skipping %s", what, row)
     counts: dict[str, int] = {}
     for row in bad_rows:
         counts[row.kind] = counts.get(row.kind, 0) + 1
@@ -381,7 +404,7 @@ class MERCaptionPlusDataset(Dataset):
             self.records.append(record)
         _report_bad_rows(f"MER-Caption+ {split}/{mode} ({data_dir})", self.bad_rows, len(self.records), strict)
         if self.num_truncated:
-            log.info("MER-Caption+ %s: truncated the reasoning of %d samples to fit max_seq_len", split, self.num_truncated)
+            log.info("MER-Caption+ %s: truncated the reasoning of %d samples (max_seq_len)", split, self.num_truncated)
 
     def _make_record(self, row, reasons, subtitle_ids, media_dir, max_seq_len) -> _Record:
         name = row["name"]
@@ -518,7 +541,8 @@ class MERUniBenchDataset(Dataset):
         columns = [c for c in header if c in EVAL_TASKS]
         if len(columns) != 1:
             raise ValueError(
-                f"{data_dir / EVAL_LABELS_CSV} must have exactly one label column of {list(EVAL_TASKS)}; header {header}"
+                f"{data_dir / EVAL_LABELS_CSV} must have exactly one label column of {list(EVAL_TASKS)}; "
+                f"header {header}"
             )
         label_column = columns[0]
         self.task = EVAL_TASKS[label_column]

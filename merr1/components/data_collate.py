@@ -8,8 +8,8 @@ Batches (the keys the recipes read):
   ``model(**{k: v for k, v in batch.items() if k != "labels"})`` is a valid Thinker call.
 - ``SFTCollator(packed=True)``: the batch's samples are packed first-fit-decreasing into rows of
   at most ``max_packed_tokens`` tokens (default: the longest sample, so rows never get longer
-  than the padded batch would be, only fewer); media follow the packed order; ``position_ids`` restart at 0 for every sample and there is NO
-  ``attention_mask`` key. transformers 5.23 then builds a block-diagonal causal mask from the
+  than the padded batch would be, only fewer); media follow the packed order; ``position_ids``
+  restart at 0 for every sample and there is NO ``attention_mask`` key. transformers 5.23 then builds a block-diagonal causal mask from the
   position resets (``masking_utils.find_packed_sequence_indices``; eager, sdpa and flex; flash
   attention uses the same resets for varlen), so samples in a row cannot attend to each other.
   Two conditions, both checked in the tests: the forward must run with ``use_cache=False`` (with
@@ -36,8 +36,9 @@ from typing import Any, Sequence
 
 import torch
 
-from merr1.components.data import IGNORE_INDEX
 from merr1.components.prompts import VIDEO_TOKEN
+
+IGNORE_INDEX = -100  # label of unsupervised positions (HF / PyTorch cross-entropy convention)
 
 # Qwen2.5-Omni Thinker defaults (config.position_id_per_seconds, vision_config.spatial_merge_size).
 POSITION_ID_PER_SECONDS = 25
@@ -53,7 +54,9 @@ def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-def collate_media(media: Sequence[dict[str, torch.Tensor]], dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def collate_media(
+    media: Sequence[dict[str, torch.Tensor]], dtype: str | torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Batch per-sample media kwargs (see the module docstring); {} if no sample has media."""
     dtype = _dtype(dtype)
     out: dict[str, torch.Tensor] = {}
@@ -81,7 +84,9 @@ def collate_media(media: Sequence[dict[str, torch.Tensor]], dtype: str | torch.d
     return out
 
 
-def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: int, side: str = "right", length: int | None = None) -> torch.Tensor:
+def pad_sequences(
+    seqs: Sequence[torch.Tensor], pad_value: int, side: str = "right", length: int | None = None
+) -> torch.Tensor:
     """Stack 1-D tensors into [B, L] padded on the given side (L = max length unless given)."""
     length = max(len(s) for s in seqs) if length is None else length
     out = torch.full((len(seqs), length), pad_value, dtype=seqs[0].dtype)

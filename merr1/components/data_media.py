@@ -486,8 +486,8 @@ def prepare_media(
     """
     from tqdm import tqdm
 
-    audio_files = find_media_files(audio_dir, (".wav",)) if audio_dir is not None and "audio" in modalities else {}
-    video_files = find_media_files(video_dir, VIDEO_EXTENSIONS) if video_dir is not None and "video" in modalities else {}
+    audio_files = find_media_files(audio_dir, (".wav",)) if audio_dir and "audio" in modalities else {}
+    video_files = find_media_files(video_dir, VIDEO_EXTENSIONS) if video_dir and "video" in modalities else {}
     if names is None:
         names = sorted(set(audio_files) | set(video_files))
     featurizer = AudioFeaturizer(config) if "audio" in modalities else None

@@ -24,9 +24,10 @@ How it can be learned (the CPU quick start trains a tiny model from scratch on i
 - A sample has 1 (40%), 2 (40%) or 3 (20%) distinct concepts; the English subtitle holds one
   templated cue sentence per concept (e.g. "They cancelled the match again, this is so unfair!"),
   with random fillers. The label lists one word per concept, in subtitle order; the reason is one
-  short templated sentence per listed word ("The cancelled match makes them angry."). Media are random tensors of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6
-  audio tokens; one 28x28 frame pair = 1 video token, 10% of clips two pairs): they carry no
-  signal, the subtitle does.
+  short templated sentence per listed word ("The cancelled match makes them angry."). Media
+  are random tensors of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens;
+  one 28x28 frame pair = 1 video token, 10% of clips two pairs): they carry no signal, the
+  subtitle does.
 - Deliberately under-covering SFT labels: for the names of the SFT partition
   (``split_sft_rl(names, num_sft_samples, partition_seed)``), 60% of the multi-emotion samples list
   only one of their emotions (reason and answer), and 10% of all SFT samples get one wrong extra

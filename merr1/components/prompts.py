@@ -339,7 +339,9 @@ class PromptEncoder:
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [i if t else [] for i, t in zip(ids, texts)]
 
-    def assemble(self, subtitle_ids: Sequence[int], num_audio: int = 0, num_video: int = 0, fast: bool = False) -> list[int]:
+    def assemble(
+        self, subtitle_ids: Sequence[int], num_audio: int = 0, num_video: int = 0, fast: bool = False
+    ) -> list[int]:
         """Prompt ids from already tokenized subtitle ids (placeholders expanded)."""
         header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast)
         expanded: list[int] = []
@@ -352,7 +354,9 @@ class PromptEncoder:
                 expanded.append(i)
         return expanded + list(subtitle_ids) + footer
 
-    def prompt_length(self, num_subtitle_tokens: int, num_audio: int = 0, num_video: int = 0, fast: bool = False) -> int:
+    def prompt_length(
+        self, num_subtitle_tokens: int, num_audio: int = 0, num_video: int = 0, fast: bool = False
+    ) -> int:
         """Length of ``assemble(...)`` without building it."""
         header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast)
         return len(header) + len(footer) + num_subtitle_tokens + max(num_audio - 1, 0) + max(num_video - 1, 0)
