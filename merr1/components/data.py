@@ -37,7 +37,7 @@ importable from here, turn lists of them into batches):
 Bad rows (duplicate name, unknown label format, empty basic label or unreadable score, missing or
 empty reason in ``sft`` mode, missing subtitle row, missing/unreadable/inconsistent media entry,
 too long) are logged with their name and reason, counted in one summary line and skipped; with
-``strict=True`` the first of them raises ``ValueError`` instead. Missing CSV files or columns raise
+``strict=True`` they raise ``ValueError`` instead, and so does a data set left with no sample. Missing CSV files or columns raise
 immediately (before any training starts).
 
 ``max_seq_len`` (SFT): the reasoning is truncated at its end so that prompt + target fits; the
@@ -53,7 +53,7 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -220,7 +220,6 @@ class _Record:
     media_path: Path | None
     target_ids: torch.Tensor | None = None  # [T] SFT target incl. <|im_end|>
     label: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class _SampleEncoder:
@@ -292,8 +291,9 @@ def _report_bad_rows(what: str, bad_rows: list[BadRow], num_kept: int, strict: b
         log.info("%s: %d samples", what, num_kept)
         return
     if strict:
-        first = bad_rows[0]
-        raise ValueError(f"{what}: {len(bad_rows)} bad row(s) (strict=True); first: {first}")
+        raise ValueError(f"{what}: {len(bad_rows)} bad row(s) (strict=True); first: {bad_rows[0]}")
+    if num_kept == 0:
+        raise ValueError(f"{what}: no usable sample, all {len(bad_rows)} rows are bad; first: {bad_rows[0]}")
     for row in bad_rows[:_MAX_LOGGED_BAD_ROWS]:
         log.warning("%s: skipping %s", what, row)
     counts: dict[str, int] = {}
@@ -604,16 +604,9 @@ class MERUniBenchDataset(Dataset):
 # tokenizer, positionally or as tokenizer=...).
 
 
-def mer_caption_plus(
-    tokenizer,
-    data_dir: str,
-    split: str = "sft",
-    *,
-    modalities: Sequence[str] = ("audio", "video"),
-    **kwargs,
-) -> MERCaptionPlusDataset:
+def mer_caption_plus(tokenizer, data_dir: str, split: str = "sft", **kwargs) -> MERCaptionPlusDataset:
     """MER-Caption+ from the official files in ``data_dir``; kwargs as ``MERCaptionPlusDataset``."""
-    return MERCaptionPlusDataset(tokenizer, data_dir, split, modalities=tuple(modalities), **kwargs)
+    return MERCaptionPlusDataset(tokenizer, data_dir, split, **kwargs)
 
 
 def _sample_info(data_dir: str | Path) -> dict[str, Any]:
@@ -629,7 +622,6 @@ def mer_caption_plus_sample(
     *,
     num_sft_samples: int | None = None,
     partition_seed: int | None = None,
-    modalities: Sequence[str] = ("audio", "video"),
     **kwargs,
 ) -> MERCaptionPlusDataset:
     """The generated sample set (created in ``data_dir`` on first use, then loaded).
@@ -655,21 +647,13 @@ def mer_caption_plus_sample(
         split,
         num_sft_samples=num_sft_samples,
         partition_seed=partition_seed,
-        modalities=tuple(modalities),
         **kwargs,
     )
 
 
-def mer_unibench(
-    tokenizer,
-    data_dir: str,
-    mode: str = "slow",
-    *,
-    modalities: Sequence[str] = ("audio", "video"),
-    **kwargs,
-) -> MERUniBenchDataset:
+def mer_unibench(tokenizer, data_dir: str, mode: str = "slow", **kwargs) -> MERUniBenchDataset:
     """One MER-UniBench-format evaluation set; kwargs as ``MERUniBenchDataset``."""
-    return MERUniBenchDataset(tokenizer, data_dir, mode, modalities=tuple(modalities), **kwargs)
+    return MERUniBenchDataset(tokenizer, data_dir, mode, **kwargs)
 
 
 def mer_unibench_sample(
@@ -677,15 +661,11 @@ def mer_unibench_sample(
     dataset: str = "ovmerd",
     data_dir: str = "data/sample",
     mode: str = "slow",
-    *,
-    modalities: Sequence[str] = ("audio", "video"),
     **kwargs,
 ) -> MERUniBenchDataset:
     """One generated sample evaluation set: ``dataset`` in "ovmerd", "basic", "sentiment"."""
     info = _sample_info(data_dir)
     if dataset not in info["eval_sets"]:
         raise ValueError(f"unknown sample evaluation set {dataset!r}; expected one of {sorted(info['eval_sets'])}")
-    return MERUniBenchDataset(
-        tokenizer, Path(data_dir) / info["eval_sets"][dataset], mode, modalities=tuple(modalities), **kwargs
-    )
+    return MERUniBenchDataset(tokenizer, Path(data_dir) / info["eval_sets"][dataset], mode, **kwargs)
 

@@ -6,10 +6,12 @@ Batches (the keys the recipes read):
   ``input_ids`` as HF's ``labels`` argument: the loss shifts them; -100 on prompt and padding),
   ``attention_mask`` [B, L] (1 = token), plus the media kwargs at the top level, so
   ``model(**{k: v for k, v in batch.items() if k != "labels"})`` is a valid Thinker call.
-- ``SFTCollator(packed=True)``: the batch's samples are packed first-fit-decreasing into rows of
-  at most ``max_packed_tokens`` tokens (default: the longest sample, so rows never get longer
-  than the padded batch would be, only fewer); media follow the packed order; ``position_ids``
-  restart at 0 for every sample and there is NO ``attention_mask`` key. transformers 5.23 then builds a block-diagonal causal mask from the
+- ``SFTCollator(packed=True, max_packed_tokens=N)``: the batch's samples are packed
+  first-fit-decreasing into rows of at most N tokens (a longer sample gets a row of its own);
+  media follow the packed order; ``position_ids`` restart at 0 for every sample and there is NO
+  ``attention_mask`` key. Packing pays when N is a few times the typical sample length (padding
+  is then spent once per row instead of once per sample); the loss normalization over
+  supervised tokens is unchanged. transformers 5.23 then builds a block-diagonal causal mask from the
   position resets (``masking_utils.find_packed_sequence_indices``; eager, sdpa and flex; flash
   attention uses the same resets for varlen), so samples in a row cannot attend to each other.
   Two conditions, both checked in the tests: the forward must run with ``use_cache=False`` (with
@@ -160,8 +162,7 @@ class SFTCollator:
     Args:
         tokenizer: supplies the pad id (``pad_token_id``) and the ``<|VIDEO|>`` id.
         packed: concatenate samples into rows instead of padding each one.
-        max_packed_tokens: row capacity when packed (default: the longest sample of the batch);
-            a longer sample gets a row of its own.
+        max_packed_tokens: row capacity when packed (required then).
         mrope: emit Thinker-style [4, R, L] position ids when packed (required for the Thinker).
         media_dtype: cast floating media tensors to this dtype (e.g. "bfloat16"); None keeps them.
         spatial_merge_size, position_id_per_seconds: the Thinker's values (for ``mrope``).
@@ -182,6 +183,8 @@ class SFTCollator:
         if self.pad_id is None:
             raise ValueError("tokenizer has no pad_token_id")
         self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        if packed and not max_packed_tokens:
+            raise ValueError("packed=True needs max_packed_tokens (the row capacity)")
         self.packed = packed
         self.max_packed_tokens = max_packed_tokens
         self.mrope = mrope
@@ -221,7 +224,7 @@ class SFTCollator:
     def _pack(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not self.mrope and any(s["media"] for s in samples):
             raise ValueError("packing samples with media needs mrope=True (Qwen2.5-Omni Thinker positions)")
-        capacity = self.max_packed_tokens or max(len(s["input_ids"]) for s in samples)
+        capacity = self.max_packed_tokens
         # First-fit decreasing; a sample longer than the capacity gets a row of its own.
         rows: list[list[dict[str, Any]]] = []
         used: list[int] = []

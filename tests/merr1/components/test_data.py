@@ -297,8 +297,8 @@ def test_max_seq_len_truncates_reason_not_answer(tok, sample_dir, caplog):
         reference = tok.decode(full_items[item["name"]]["input_ids"])
         answer = reference[reference.index("</think><answer>"):]
         assert text.endswith(answer)  # the answer is intact
-    tiny = mer_caption_plus(tok, _caption(sample_dir), "rl", num_sft_samples=12, max_seq_len=10)
-    assert len(tiny) == 0 and {r.kind for r in tiny.bad_rows} == {"too long"}
+    with pytest.raises(ValueError, match="no usable sample.*too long"):
+        mer_caption_plus(tok, _caption(sample_dir), "rl", num_sft_samples=12, max_seq_len=10)
 
 
 @pytest.mark.parametrize("fmt", sorted(RESPONSE_FORMATS))
@@ -315,20 +315,37 @@ def test_builder_takes_tokenizer_positionally_or_by_keyword(tok, sample_dir):
     assert a.names == b.names
 
 
-def test_sample_builder_generates_then_loads(tok, tmp_path, caplog):
+def test_sample_builder_generates_then_loads(tok, tmp_path, caplog, monkeypatch):
+    from merr1.components import data_sample
+
+    small = dict(num_train=40, num_sft_samples=10, num_eval=5)
+    monkeypatch.setattr(data_sample, "make_sample_data", lambda out, seed, **kw: make_sample_data(out, seed, **small))
     target = tmp_path / "data" / "sample"
     with caplog.at_level(logging.INFO):
         ds = mer_caption_plus_sample(tok, data_dir=str(target), split="sft", modalities=[])
     assert any("generating the sample data set" in r.message for r in caplog.records)
-    assert len(ds) == 600
-    rl = mer_caption_plus_sample(tok, data_dir=str(target), split="rl", modalities=["audio", "video"])
-    assert len(rl) == 2000 and not rl.bad_rows
-    evals = {name: mer_unibench_sample(tok, name, data_dir=str(target)) for name in ("ovmerd", "basic", "sentiment")}
+    assert len(ds) == 10  # the partition recorded in sample_info.json
+    rl = mer_caption_plus_sample(tok, data_dir=str(target), split="rl")
+    assert len(rl) == 30 and not rl.bad_rows
+    with caplog.at_level(logging.WARNING):
+        mixed = mer_caption_plus_sample(tok, data_dir=str(target), split="sft", num_sft_samples=20, modalities=[])
+    assert len(mixed) == 20 and any("mixes" in r.message for r in caplog.records)
+    evals = {name: mer_unibench_sample(tok, name, data_dir=str(target), mode="fast") for name in ("ovmerd", "basic", "sentiment")}
     assert {k: (v.task, len(v)) for k, v in evals.items()} == {
-        "ovmerd": ("ovmerd", 100), "basic": ("basic", 100), "sentiment": ("sentiment", 100)
+        "ovmerd": ("ovmerd", 5), "basic": ("basic", 5), "sentiment": ("sentiment", 5)
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown sample evaluation set"):
         mer_unibench_sample(tok, "mosi", data_dir=str(target))
+
+
+@pytest.mark.slow
+def test_default_sample_set_from_a_fresh_folder(tok, tmp_path):
+    """What the debug configs do on a fresh clone: generate data/sample, then load every split."""
+    target = tmp_path / "data" / "sample"
+    assert len(mer_caption_plus_sample(tok, data_dir=str(target), split="sft")) == 600
+    assert len(mer_caption_plus_sample(tok, data_dir=str(target), split="rl")) == 2000
+    for name in ("ovmerd", "basic", "sentiment"):
+        assert len(mer_unibench_sample(tok, name, data_dir=str(target))) == 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,19 +560,24 @@ def test_packing_thinker_matches_unpacked(tok, sample_dir, thinker):
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-4)
 
 
-def test_packing_default_capacity_never_grows_the_batch(tok, sample_dir):
-    ds = mer_caption_plus(tok, _caption(sample_dir), "sft", num_sft_samples=12, modalities=[])
-    items = [ds[i] for i in range(12)]
+def test_packing_saves_padding(tok, sample_dir):
+    ds = mer_caption_plus(tok, _caption(sample_dir), "all", mode="sft", modalities=[], system_prompt=None)
+    items = [ds[i] for i in range(len(ds))]
+    longest = max(len(i["input_ids"]) for i in items)
     padded = SFTCollator(tok)(items)
-    packed = SFTCollator(tok, packed=True)(items)
-    assert packed["input_ids"].shape[1] == padded["input_ids"].shape[1]
-    assert packed["input_ids"].numel() <= padded["input_ids"].numel()
+    packed = SFTCollator(tok, packed=True, max_packed_tokens=4 * longest)(items)
+    num_real = sum(len(i["input_ids"]) for i in items)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    assert int((packed["input_ids"] != PAD).sum()) == num_real
+    assert packed["input_ids"].shape[1] <= 4 * longest
+    with pytest.raises(ValueError, match="max_packed_tokens"):
+        SFTCollator(tok, packed=True)
 
 
 def test_packing_media_needs_mrope(tok, sample_dir):
     ds = mer_caption_plus(tok, _caption(sample_dir), "sft", num_sft_samples=12)
     with pytest.raises(ValueError, match="mrope=True"):
-        SFTCollator(tok, packed=True)([ds[0], ds[1]])
+        SFTCollator(tok, packed=True, max_packed_tokens=4096)([ds[0], ds[1]])
 
 
 def test_collators_reject_empty_batches(tok):

@@ -98,20 +98,33 @@ def test_resample_lengths(n, orig, new, expected):
     assert out.numel() == expected and torch.allclose(out, torch.full_like(out, 0.25))
 
 
-@pytest.mark.parametrize("seconds", [0.1, 0.5, 2.0])
-def test_audio_featurizer_matches_whisper_extractor(seconds):
+@pytest.mark.parametrize("seconds", [0.0101, 0.1, 0.5, 2.0, 7.3])
+def test_audio_featurizer_matches_the_fully_padded_extractor(seconds):
+    """Same valid frames as the processor's 30 s (Whisper) / 300 s (Omni) max-length padding."""
     from transformers import WhisperFeatureExtractor
 
-    waveform = _sine(seconds)
-    media = AudioFeaturizer(MediaConfig.tiny())(waveform, 16000)
+    g = torch.Generator().manual_seed(0)
+    waveform = _sine(seconds) * torch.rand(int(seconds * 16000), generator=g)
+    cfg = MediaConfig.tiny()
+    cfg.cache_dtype = "float32"
+    media = AudioFeaturizer(cfg)(waveform, 16000)
     num_frames = math.ceil(waveform.numel() / 160)
     assert media["input_features"].shape == (1, 16, num_frames)
-    assert media["input_features"].dtype == torch.bfloat16
     assert media["feature_attention_mask"].tolist() == [[1] * num_frames]
     reference = WhisperFeatureExtractor(feature_size=16)(
-        waveform.numpy(), sampling_rate=16000, padding="max_length", return_tensors="pt"
-    )["input_features"][:, :, :num_frames]
-    assert torch.allclose(media["input_features"].float(), reference, atol=2e-2)
+        waveform.numpy(), sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt"
+    )
+    assert int(reference["attention_mask"].sum()) == num_frames
+    torch.testing.assert_close(media["input_features"], reference["input_features"][:, :, :num_frames], atol=1e-5, rtol=1e-5)
+    assert AudioFeaturizer(MediaConfig.tiny())(waveform, 16000)["input_features"].dtype == torch.bfloat16
+
+
+def test_audio_featurizer_truncates_like_the_processor():
+    cfg = MediaConfig.tiny()
+    featurizer = AudioFeaturizer(cfg)
+    featurizer.extractor.n_samples = 16000  # pretend a 1 s maximum
+    media = featurizer(_sine(1.7), 16000)
+    assert media["input_features"].shape == (1, 16, 100)
 
 
 def test_audio_featurizer_resamples():
@@ -304,4 +317,5 @@ def test_prepared_media_feed_the_tiny_thinker(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **batch["media"]).logits
     assert torch.isfinite(logits).all()
-    assert mer_unibench(tok, data_dir, num_mel_bins=128).bad_rows[0].kind == "inconsistent media"
+    with pytest.raises(ValueError, match="16 mel bins, the model expects 128"):
+        mer_unibench(tok, data_dir, num_mel_bins=128)
