@@ -1,0 +1,671 @@
+"""Datasets: MER-Caption+ (SFT and RL) and MER-UniBench-format evaluation sets.
+
+MER-Caption+ (METHOD section 1), files in ``data_dir``:
+
+- ``track2_train_mercaptionplus.csv``: ``name, openset`` (a list string such as
+  ``['worried', 'sad']``; empty or ``[]`` means "neutral");
+- ``track3_train_mercaptionplus.csv``: ``name, reason`` (needed in ``sft`` mode only);
+- ``subtitle_chieng.csv``: ``name, chinese, english`` (only ``english`` is read);
+- ``media_cache/{name}.safetensors``: the decoded media (``merr1.components.data_media``; made by
+  ``scripts/prepare_media.py`` from the official ``video/`` and ``audio/`` folders).
+
+MER-UniBench-format evaluation set (merr1's own simple layout), one folder per data set:
+
+- ``labels.csv`` whose second column names the task:
+  ``name, openset`` -> fine-grained (OV-MERD+ style list string; empty -> neutral),
+  ``name, label``   -> basic emotion (one word, e.g. MER2023/MER2024/MELD/IEMOCAP),
+  ``name, score``   -> sentiment (a number, e.g. MOSI/MOSEI/SIMS/SIMSv2);
+- ``subtitle.csv``: ``name, english`` (other columns ignored);
+- ``media_cache/{name}.safetensors``.
+
+SFT/RL partition (paper: 5k random samples for SFT, the rest for RL): ``split_sft_rl`` ranks the
+unique names by SHA-256 of ``"{seed}\\0{name}"`` and takes the first ``num_sft_samples`` for SFT.
+It is deterministic across machines and Python versions and does not depend on row order; it is
+computed on every name of the openset file, before bad rows are dropped, so a missing media file
+never moves other samples between the splits.
+
+Items (dicts; ``SFTCollator`` / ``PromptCollator`` from ``merr1.components.data_collate``, also
+importable from here, turn lists of them into batches):
+
+- ``sft`` mode: ``name``, ``input_ids`` [L], ``labels`` [L] (-100 on the prompt; the target and
+  the closing ``<|im_end|>`` are supervised), ``media`` (per-sample Thinker kwargs, {} text-only);
+- ``rl`` mode: ``name``, ``prompt_ids`` [P], ``labels`` (parsed GT words, [] = neutral), ``media``;
+- evaluation: ``name``, ``prompt_ids`` (fast mode: with the prefill), ``labels`` (parsed GT words;
+  [] for sentiment), ``label`` (the raw label cell; a float for sentiment), ``response_prefix``
+  (the prefill text to prepend to a generated continuation), ``media``.
+
+Bad rows (duplicate name, unknown label format, empty basic label or unreadable score, missing or
+empty reason in ``sft`` mode, missing subtitle row, missing/unreadable/inconsistent media entry,
+too long) are logged with their name and reason, counted in one summary line and skipped; with
+``strict=True`` they raise ``ValueError`` instead, and so does a data set left with no sample. Missing CSV files or columns raise
+immediately (before any training starts).
+
+``max_seq_len`` (SFT): the reasoning is truncated at its end so that prompt + target fits; the
+answer is never cut. A sample whose prompt + empty reasoning + answer is still too long is
+dropped as a bad row ("too long"). In ``rl``/evaluation mode prompts longer than ``max_seq_len``
+are dropped the same way (a prompt is never truncated).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from merr1.components import data_media
+from merr1.components.data_collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
+from merr1.components.prompts import (
+    QWEN_OMNI_SYSTEM_PROMPT,
+    PromptEncoder,
+    ResponseFormat,
+    encode_target,
+    num_audio_tokens,
+    num_video_tokens,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BadRow",
+    "BadRowError",
+    "MERCaptionPlusDataset",
+    "MERUniBenchDataset",
+    "PromptCollator",
+    "SFTCollator",
+    "collate_media",
+    "mer_caption_plus",
+    "mer_caption_plus_sample",
+    "mer_unibench",
+    "mer_unibench_sample",
+    "parse_openset",
+    "parse_openset_cell",
+    "read_csv",
+    "read_subtitles",
+    "split_sft_rl",
+]
+
+log = logging.getLogger(__name__)
+
+TRACK2_CSV = "track2_train_mercaptionplus.csv"
+TRACK3_CSV = "track3_train_mercaptionplus.csv"
+SUBTITLE_CSV = "subtitle_chieng.csv"
+EVAL_LABELS_CSV = "labels.csv"
+EVAL_SUBTITLE_CSV = "subtitle.csv"
+MEDIA_DIR = "media_cache"
+EVAL_TASKS = {"openset": "ovmerd", "label": "basic", "score": "sentiment"}
+_MAX_LOGGED_BAD_ROWS = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and partition
+
+
+@dataclass
+class BadRow:
+    """A skipped row: sample name, the kind of problem (counted in the summary) and details."""
+
+    name: str
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.kind}" + (f": {self.detail}" if self.detail else "")
+
+
+class BadRowError(ValueError):
+    """A row that cannot be used (kind: short category, detail: specifics)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+
+def parse_openset(text: str | float | None) -> list[str]:
+    """Split a label/prediction string with the official MER-UniBench rule (METHOD section 2, step 1).
+
+    Drop one leading ``[`` and one trailing ``]``, split on ``'``, ``"`` and ``,``, strip, drop
+    empty items, lower-case. None/NaN -> [].
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    text = str(text).strip()
+    if text.startswith("["):
+        text = text[1:]
+    if text.endswith("]"):
+        text = text[:-1]
+    items = (item.strip() for item in re.split(r"['\",]", text))
+    return [item.lower().strip() for item in items if item]
+
+
+def parse_openset_cell(text: str) -> list[str]:
+    """A MER-Caption+/OV-MERD+ openset cell -> GT words; BadRowError for an unknown format.
+
+    ``""`` and ``"[]"`` are the neutral label (an empty list). Any other cell must split into
+    items that each contain a letter (so ``"["``, ``"[,]"`` or ``"[1, 2]"`` are rejected).
+    """
+    stripped = text.strip()
+    if stripped in ("", "[]"):
+        return []
+    words = parse_openset(stripped)
+    if not words or any(not re.search(r"[^\W\d_]", w) for w in words):
+        raise BadRowError("unknown label format", repr(text))
+    return words
+
+
+def split_sft_rl(names: Iterable[str], num_sft_samples: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The deterministic SFT/RL partition (paper: random 5k for SFT, the rest for RL).
+
+    Args:
+        names: sample names (duplicates are merged).
+        num_sft_samples: how many names go to SFT.
+        seed: partition seed.
+
+    Returns:
+        (sft_names, rl_names), each sorted.
+    """
+    unique = sorted(set(names))
+    if not 0 <= num_sft_samples <= len(unique):
+        raise ValueError(f"num_sft_samples={num_sft_samples} but there are {len(unique)} distinct names")
+    ranked = sorted(unique, key=lambda n: hashlib.sha256(f"{seed}\0{n}".encode()).digest())
+    chosen = set(ranked[:num_sft_samples])
+    return [n for n in unique if n in chosen], [n for n in unique if n not in chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (names stripped); clear errors for a missing file or column
+    (``name`` is always required)."""
+    path = Path(path)
+    required = ("name", *[c for c in required if c != "name"])
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {missing}; it has {columns}")
+        rows = []
+        for row in reader:
+            row = {(k or "").strip(): (v if v is not None else "") for k, v in row.items()}
+            row["name"] = row["name"].strip()
+            rows.append(row)
+    return rows
+
+
+def read_subtitles(path: str | Path) -> dict[str, str]:
+    """name -> English subtitle (``name, english`` columns; others ignored)."""
+    return {row["name"]: row["english"].strip() for row in read_csv(path, ("name", "english"))}
+
+
+@dataclass
+class _Record:
+    name: str
+    words: list[str]
+    subtitle_ids: torch.Tensor  # [S] int32 (the prompt is assembled in __getitem__)
+    num_audio: int
+    num_video: int
+    media_path: Path | None
+    target_ids: torch.Tensor | None = None  # [T] SFT target incl. <|im_end|>
+    label: Any = None
+
+
+class _SampleEncoder:
+    """Shared by all datasets: prompt ids (placeholders from the cached media shapes) and media."""
+
+    def __init__(
+        self,
+        tokenizer,
+        response_format: str,
+        system_prompt: str | None,
+        instruction: str | None,
+        modalities: Sequence[str],
+        spatial_merge_size: int,
+        num_mel_bins: int | None,
+    ):
+        self.tokenizer = tokenizer
+        self.prompts = PromptEncoder(tokenizer, response_format, system_prompt, instruction)
+        self.format: ResponseFormat = self.prompts.format
+        self.modalities = tuple(modalities)
+        unknown = set(self.modalities) - {"audio", "video"}
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; use a subset of ['audio', 'video']")
+        self.spatial_merge_size = spatial_merge_size
+        self.num_mel_bins = num_mel_bins
+        self.media_keys = (data_media.AUDIO_KEYS if "audio" in self.modalities else ()) + (
+            data_media.VIDEO_KEYS if "video" in self.modalities else ()
+        )
+
+    def media_counts(self, path: Path) -> tuple[int, int]:
+        """(num audio tokens, num video tokens) of a cache entry; BadRowError if unusable."""
+        if not path.is_file():
+            raise BadRowError("missing media file", str(path))
+        try:
+            shapes, grid = data_media.inspect_media(path)
+        except Exception as e:  # safetensors raises its own error types on corrupt files
+            raise BadRowError("unreadable media", f"{path}: {e}") from e
+        try:
+            data_media.validate_media(shapes, self.modalities, self.num_mel_bins)
+            num_audio = num_audio_tokens(shapes["input_features"][2]) if "audio" in self.modalities else 0
+            if "audio" in self.modalities and num_audio < 1:
+                raise ValueError(f"audio of {shapes['input_features'][2]} frames gives no audio token")
+            num_video = 0
+            if "video" in self.modalities:
+                num_video = num_video_tokens(grid, self.spatial_merge_size)
+                if shapes["pixel_values_videos"][0] != grid[0] * grid[1] * grid[2]:
+                    raise ValueError(f"video has {shapes['pixel_values_videos'][0]} patches for grid {grid}")
+        except ValueError as e:
+            raise BadRowError("inconsistent media", f"{path}: {e}") from e
+        return num_audio, num_video
+
+    def tokenize_subtitles(self, subtitles: dict[str, str], names: set[str]) -> dict[str, list[int]]:
+        """name -> subtitle token ids for the ``names`` that have a subtitle (one tokenizer call)."""
+        wanted = [n for n in subtitles if n in names]
+        return dict(zip(wanted, self.prompts.encode_subtitles([subtitles[n] for n in wanted])))
+
+    def prompt_ids(self, record: "_Record", fast: bool = False) -> torch.Tensor:
+        ids = self.prompts.assemble(record.subtitle_ids.tolist(), record.num_audio, record.num_video, fast)
+        return torch.tensor(ids, dtype=torch.long)
+
+    def load_media(self, record: "_Record") -> dict[str, torch.Tensor]:
+        if record.media_path is None:
+            return {}
+        media = data_media.load_media(record.media_path)
+        return {k: media[k] for k in self.media_keys}
+
+
+def _report_bad_rows(what: str, bad_rows: list[BadRow], num_kept: int, strict: bool) -> None:
+    if not bad_rows:
+        log.info("%s: %d samples", what, num_kept)
+        return
+    if strict:
+        raise ValueError(f"{what}: {len(bad_rows)} bad row(s) (strict=True); first: {bad_rows[0]}")
+    if num_kept == 0:
+        raise ValueError(f"{what}: no usable sample, all {len(bad_rows)} rows are bad; first: {bad_rows[0]}")
+    for row in bad_rows[:_MAX_LOGGED_BAD_ROWS]:
+        log.warning("%s: skipping %s", what, row)
+    counts: dict[str, int] = {}
+    for row in bad_rows:
+        counts[row.kind] = counts.get(row.kind, 0) + 1
+    more = len(bad_rows) - _MAX_LOGGED_BAD_ROWS
+    log.warning(
+        "%s: %d samples, skipped %d bad rows (%s)%s",
+        what,
+        num_kept,
+        len(bad_rows),
+        ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        f"; {more} not listed above, see dataset.bad_rows" if more > 0 else "",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# MER-Caption+
+
+
+class MERCaptionPlusDataset(Dataset):
+    """MER-Caption+ for SFT (prompt + target) or RL (prompt + GT words). See the module docstring.
+
+    Args:
+        tokenizer: HF tokenizer with the Qwen special tokens (tiny or real).
+        data_dir: folder with the official CSVs (and ``media_cache/``).
+        split: "sft", "rl" (the partition of ``split_sft_rl``) or "all".
+        mode: "sft" or "rl"; None = same as ``split`` (required when split="all").
+        num_sft_samples: SFT partition size (paper: 5000).
+        partition_seed: partition seed.
+        response_format: "mer_r1", "videoauto_r1" or "emo_r3" (prompt instruction and SFT target).
+        system_prompt: system turn (None: no system turn).
+        instruction: replaces the format's instruction text (None: the format's own).
+        modalities: subset of ("audio", "video"); () for text-only models.
+        media_dir: media cache folder (default ``{data_dir}/media_cache``).
+        max_seq_len: see the module docstring; None = no limit.
+        strict: raise on the first bad row instead of skipping.
+        spatial_merge_size: vision merge size (2 for Qwen2.5-Omni).
+        num_mel_bins: if given, cached audio must have this many mel bins.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        data_dir: str | Path,
+        split: str = "sft",
+        *,
+        mode: str | None = None,
+        num_sft_samples: int = 5000,
+        partition_seed: int = 0,
+        response_format: str = "mer_r1",
+        system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
+        instruction: str | None = None,
+        modalities: Sequence[str] = ("audio", "video"),
+        media_dir: str | Path | None = None,
+        max_seq_len: int | None = None,
+        strict: bool = False,
+        spatial_merge_size: int = 2,
+        num_mel_bins: int | None = None,
+    ):
+        if split not in ("sft", "rl", "all"):
+            raise ValueError(f"split must be 'sft', 'rl' or 'all', got {split!r}")
+        mode = mode if mode is not None else split
+        if mode not in ("sft", "rl"):
+            raise ValueError(f"mode must be 'sft' or 'rl', got {mode!r} (set mode when split='all')")
+        self.mode = mode
+        self.split = split
+        data_dir = Path(data_dir)
+        self.encoder = _SampleEncoder(
+            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins
+        )
+        media_dir = Path(media_dir) if media_dir is not None else data_dir / MEDIA_DIR
+
+        # All files are opened first: a missing CSV fails before anything else happens.
+        label_rows = read_csv(data_dir / TRACK2_CSV, ("name", "openset"))
+        reasons = (
+            {row["name"]: row["reason"] for row in read_csv(data_dir / TRACK3_CSV, ("name", "reason"))}
+            if mode == "sft"
+            else {}
+        )
+        subtitles = read_subtitles(data_dir / SUBTITLE_CSV)
+
+        all_names = [row["name"] for row in label_rows]
+        if split == "all":
+            selected = set(all_names)
+        else:
+            sft_names, rl_names = split_sft_rl(all_names, num_sft_samples, partition_seed)
+            selected = set(sft_names if split == "sft" else rl_names)
+        subtitle_ids = self.encoder.tokenize_subtitles(subtitles, selected)
+
+        self.records: list[_Record] = []
+        self.bad_rows: list[BadRow] = []
+        self.num_truncated = 0
+        seen: set[str] = set()
+        for row in label_rows:
+            name = row["name"]
+            if name not in selected:
+                continue
+            if name in seen:
+                self.bad_rows.append(BadRow(name, "duplicate name"))
+                continue
+            seen.add(name)
+            try:
+                record = self._make_record(row, reasons, subtitle_ids, media_dir, max_seq_len)
+            except BadRowError as e:
+                self.bad_rows.append(BadRow(name, e.kind, e.detail))
+                continue
+            self.records.append(record)
+        _report_bad_rows(f"MER-Caption+ {split}/{mode} ({data_dir})", self.bad_rows, len(self.records), strict)
+        if self.num_truncated:
+            log.info("MER-Caption+ %s: truncated the reasoning of %d samples (max_seq_len)", split, self.num_truncated)
+
+    def _make_record(self, row, reasons, subtitle_ids, media_dir, max_seq_len) -> _Record:
+        name = row["name"]
+        words = parse_openset_cell(row["openset"])
+        if name not in subtitle_ids:
+            raise BadRowError("missing subtitle")
+        num_audio, num_video, media_path = 0, 0, None
+        if self.encoder.modalities:
+            media_path = data_media.cache_path(media_dir, name)
+            num_audio, num_video = self.encoder.media_counts(media_path)
+        ids = subtitle_ids[name]
+        prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video)
+        record = _Record(name, words, torch.tensor(ids, dtype=torch.int32), num_audio, num_video, media_path)
+        if self.mode == "rl":
+            if max_seq_len is not None and prompt_len > max_seq_len:
+                raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
+            return record
+        reason = reasons.get(name, "").strip()
+        if not reason:
+            raise BadRowError("missing reason")
+        target, _ = encode_target(self.encoder.tokenizer, reason, words, self.encoder.format)
+        if max_seq_len is not None and prompt_len + len(target) > max_seq_len:
+            target = self._truncate(reason, words, max_seq_len - prompt_len, prompt_len)
+            self.num_truncated += 1
+        record.target_ids = torch.tensor(target, dtype=torch.int32)
+        return record
+
+    def _truncate(self, reason: str, words: list[str], budget: int, prompt_len: int) -> list[int]:
+        tokenizer, fmt = self.encoder.tokenizer, self.encoder.format
+        empty, _ = encode_target(tokenizer, reason, words, fmt, max_reason_tokens=0)
+        if len(empty) > budget:
+            raise BadRowError("too long", f"prompt ({prompt_len}) + answer ({len(empty)}) tokens > max_seq_len")
+        # Re-tokenized step boundaries (emo_r3) can add a token or two: shrink until it fits.
+        keep = budget - len(empty)
+        while True:
+            target, _ = encode_target(tokenizer, reason, words, fmt, max_reason_tokens=keep)
+            if len(target) <= budget:
+                return target
+            keep -= len(target) - budget
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.records]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        prompt = self.encoder.prompt_ids(record)
+        media = self.encoder.load_media(record)
+        if self.mode == "rl":
+            return {"name": record.name, "prompt_ids": prompt, "labels": list(record.words), "media": media}
+        target = record.target_ids.long()
+        return {
+            "name": record.name,
+            "input_ids": torch.cat([prompt, target]),
+            "labels": torch.cat([torch.full_like(prompt, IGNORE_INDEX), target]),
+            "media": media,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# MER-UniBench-format evaluation sets
+
+
+def _eval_label(task: str, cell: str) -> tuple[Any, list[str]]:
+    """(raw label, parsed GT words) of one labels.csv cell; BadRowError for a bad cell."""
+    if task == "ovmerd":
+        return cell, parse_openset_cell(cell)
+    if task == "basic":
+        word = cell.strip().lower()
+        if not word:
+            raise BadRowError("empty label")
+        if not re.search(r"[^\W\d_]", word):
+            raise BadRowError("unknown label format", repr(cell))
+        return cell.strip(), [word]
+    try:
+        score = float(cell)
+    except ValueError:
+        raise BadRowError("unreadable score", repr(cell)) from None
+    if not math.isfinite(score):
+        raise BadRowError("unreadable score", repr(cell))
+    return score, []
+
+
+class MERUniBenchDataset(Dataset):
+    """One MER-UniBench-format evaluation set (see the module docstring), prompts in slow or fast mode.
+
+    Args:
+        tokenizer: HF tokenizer.
+        data_dir: the data set's folder (``labels.csv``, ``subtitle.csv``, ``media_cache/``).
+        mode: "slow" (think then answer) or "fast" (prefilled empty reasoning).
+        response_format, system_prompt, instruction, modalities, media_dir, max_seq_len, strict,
+        spatial_merge_size, num_mel_bins: as in ``MERCaptionPlusDataset``.
+        name: data set name for reports (default: the folder name).
+
+    Attributes:
+        task: "ovmerd", "basic" or "sentiment" (from the labels.csv header).
+        response_prefix: the prefill text ("" in slow mode).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        data_dir: str | Path,
+        mode: str = "slow",
+        *,
+        response_format: str = "mer_r1",
+        system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
+        instruction: str | None = None,
+        modalities: Sequence[str] = ("audio", "video"),
+        media_dir: str | Path | None = None,
+        max_seq_len: int | None = None,
+        strict: bool = False,
+        spatial_merge_size: int = 2,
+        num_mel_bins: int | None = None,
+        name: str | None = None,
+    ):
+        if mode not in ("slow", "fast"):
+            raise ValueError(f"mode must be 'slow' or 'fast', got {mode!r}")
+        data_dir = Path(data_dir)
+        self.name = name or data_dir.name
+        self.mode = mode
+        self.encoder = _SampleEncoder(
+            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins
+        )
+        self.response_prefix = self.encoder.format.fast_prefix if mode == "fast" else ""
+        media_dir = Path(media_dir) if media_dir is not None else data_dir / MEDIA_DIR
+
+        rows = read_csv(data_dir / EVAL_LABELS_CSV, ("name",))
+        with (data_dir / EVAL_LABELS_CSV).open(newline="", encoding="utf-8-sig") as f:
+            header = [c.strip() for c in next(csv.reader(f))]
+        columns = [c for c in header if c in EVAL_TASKS]
+        if len(columns) != 1:
+            raise ValueError(
+                f"{data_dir / EVAL_LABELS_CSV} must have exactly one label column of {list(EVAL_TASKS)}; "
+                f"header {header}"
+            )
+        label_column = columns[0]
+        self.task = EVAL_TASKS[label_column]
+        subtitle_ids = self.encoder.tokenize_subtitles(
+            read_subtitles(data_dir / EVAL_SUBTITLE_CSV), {row["name"] for row in rows}
+        )
+
+        self.records: list[_Record] = []
+        self.bad_rows: list[BadRow] = []
+        seen: set[str] = set()
+        for row in rows:
+            name_ = row["name"]
+            if name_ in seen:
+                self.bad_rows.append(BadRow(name_, "duplicate name"))
+                continue
+            seen.add(name_)
+            try:
+                label, words = _eval_label(self.task, row[label_column])
+                if name_ not in subtitle_ids:
+                    raise BadRowError("missing subtitle")
+                num_audio, num_video, media_path = 0, 0, None
+                if self.encoder.modalities:
+                    media_path = data_media.cache_path(media_dir, name_)
+                    num_audio, num_video = self.encoder.media_counts(media_path)
+                ids = subtitle_ids[name_]
+                prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video, mode == "fast")
+                if max_seq_len is not None and prompt_len > max_seq_len:
+                    raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
+            except BadRowError as e:
+                self.bad_rows.append(BadRow(name_, e.kind, e.detail))
+                continue
+            self.records.append(
+                _Record(name_, words, torch.tensor(ids, dtype=torch.int32), num_audio, num_video,
+                        media_path, label=label)  # fmt: skip
+            )
+        _report_bad_rows(f"{self.task} set {self.name} ({data_dir})", self.bad_rows, len(self.records), strict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.records]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        return {
+            "name": record.name,
+            "prompt_ids": self.encoder.prompt_ids(record, fast=self.mode == "fast"),
+            "labels": list(record.words),
+            "label": record.label,
+            "response_prefix": self.response_prefix,
+            "media": self.encoder.load_media(record),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML builders (torchtune's instantiate calls these with the YAML kwargs; the recipe passes the
+# tokenizer, positionally or as tokenizer=...).
+
+
+def mer_caption_plus(tokenizer, data_dir: str, split: str = "sft", **kwargs) -> MERCaptionPlusDataset:
+    """MER-Caption+ from the official files in ``data_dir``; kwargs as ``MERCaptionPlusDataset``."""
+    return MERCaptionPlusDataset(tokenizer, data_dir, split, **kwargs)
+
+
+def _sample_info(data_dir: str | Path) -> dict[str, Any]:
+    from merr1.components.data_sample import ensure_sample_data
+
+    return ensure_sample_data(data_dir)
+
+
+def mer_caption_plus_sample(
+    tokenizer,
+    data_dir: str = "data/sample",
+    split: str = "sft",
+    *,
+    num_sft_samples: int | None = None,
+    partition_seed: int | None = None,
+    **kwargs,
+) -> MERCaptionPlusDataset:
+    """The generated sample set (created in ``data_dir`` on first use, then loaded).
+
+    The sample's SFT labels are deliberately under-covering for the names of ITS partition
+    (recorded in ``sample_info.json``), so by default the partition is read from there; other
+    values are allowed but mix the label regimes (a warning says so).
+    """
+    info = _sample_info(data_dir)
+    if num_sft_samples is None:
+        num_sft_samples = info["num_sft_samples"]
+    if partition_seed is None:
+        partition_seed = info["partition_seed"]
+    if (num_sft_samples, partition_seed) != (info["num_sft_samples"], info["partition_seed"]):
+        log.warning(
+            "sample data was generated for num_sft_samples=%d, partition_seed=%d; using %d, %d mixes "
+            "the SFT (under-covering) and RL (full) labels",
+            info["num_sft_samples"], info["partition_seed"], num_sft_samples, partition_seed,
+        )  # fmt: skip
+    return MERCaptionPlusDataset(
+        tokenizer,
+        Path(data_dir) / info["mer_caption_plus_dir"],
+        split,
+        num_sft_samples=num_sft_samples,
+        partition_seed=partition_seed,
+        **kwargs,
+    )
+
+
+def mer_unibench(tokenizer, data_dir: str, mode: str = "slow", **kwargs) -> MERUniBenchDataset:
+    """One MER-UniBench-format evaluation set; kwargs as ``MERUniBenchDataset``."""
+    return MERUniBenchDataset(tokenizer, data_dir, mode, **kwargs)
+
+
+def mer_unibench_sample(
+    tokenizer,
+    dataset: str = "ovmerd",
+    data_dir: str = "data/sample",
+    mode: str = "slow",
+    **kwargs,
+) -> MERUniBenchDataset:
+    """One generated sample evaluation set: ``dataset`` in "ovmerd", "basic", "sentiment"."""
+    info = _sample_info(data_dir)
+    if dataset not in info["eval_sets"]:
+        raise ValueError(f"unknown sample evaluation set {dataset!r}; expected one of {sorted(info['eval_sets'])}")
+    return MERUniBenchDataset(tokenizer, Path(data_dir) / info["eval_sets"][dataset], mode, **kwargs)
+

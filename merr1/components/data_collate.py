@@ -1,0 +1,292 @@
+"""Collation: padding, attention masks, media kwargs and SFT packing.
+
+Batches (the keys the recipes read):
+
+- ``SFTCollator`` (right padding): ``input_ids`` [B, L], ``labels`` [B, L] (aligned with
+  ``input_ids`` as HF's ``labels`` argument: the loss shifts them; -100 on prompt and padding),
+  ``attention_mask`` [B, L] (1 = token), plus the media kwargs at the top level, so
+  ``model(**{k: v for k, v in batch.items() if k != "labels"})`` is a valid Thinker call.
+- ``SFTCollator(packed=True, max_packed_tokens=N)``: the batch's samples are packed
+  first-fit-decreasing into rows of at most N tokens (a longer sample gets a row of its own);
+  media follow the packed order; ``position_ids`` restart at 0 for every sample and there is NO
+  ``attention_mask`` key. Packing pays when N is a few times the typical sample length (padding
+  is then spent once per row instead of once per sample); the loss normalization over
+  supervised tokens is unchanged. transformers 5.23 then builds a block-diagonal causal mask from the
+  position resets (``masking_utils.find_packed_sequence_indices``; eager, sdpa and flex; flash
+  attention uses the same resets for varlen), so samples in a row cannot attend to each other.
+  Two conditions, both checked in the tests: the forward must run with ``use_cache=False`` (with
+  a cache object the packed-mask detection is skipped and the row becomes one causal sequence),
+  and for the Qwen2.5-Omni Thinker ``position_ids`` must be [4, R, L]: row 0 the per-sample text
+  positions (used for the mask), rows 1-3 the multimodal RoPE positions of each sample
+  (``mrope_position_ids``; ``mrope=True``). Text-only Qwen2 models take [R, L] (``mrope=False``).
+  A packed row's tail padding forms its own block and has label -100.
+- ``PromptCollator`` (left padding, for RL rollouts and evaluation): ``prompt_ids`` [B, P],
+  ``prompt_mask`` [B, P] (int64, 1 = token), ``media`` (dict of Thinker kwargs, or None when the
+  batch has no media), ``names``, and every other item key as a list in batch order (``labels``:
+  GT words; evaluation items add ``label`` and ``response_prefix``).
+
+Media kwargs of a batch: ``input_features`` [N_audio, n_mels, F_max] zero-padded with
+``feature_attention_mask`` [N_audio, F_max]; ``pixel_values_videos`` rows concatenated in sample
+order; ``video_grid_thw`` [N_video, 3] and ``video_second_per_grid`` [N_video] stacked; samples
+without a modality simply contribute nothing to it. Floating tensors are cast to ``media_dtype``
+when it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from merr1.components.prompts import VIDEO_TOKEN
+
+IGNORE_INDEX = -100  # label of unsupervised positions (HF / PyTorch cross-entropy convention)
+
+# Qwen2.5-Omni Thinker defaults (config.position_id_per_seconds, vision_config.spatial_merge_size).
+POSITION_ID_PER_SECONDS = 25
+SPATIAL_MERGE_SIZE = 2
+
+
+def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {value!r}")
+    return dtype
+
+
+def collate_media(
+    media: Sequence[dict[str, torch.Tensor]], dtype: str | torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Batch per-sample media kwargs (see the module docstring); {} if no sample has media."""
+    dtype = _dtype(dtype)
+    out: dict[str, torch.Tensor] = {}
+    audio = [m for m in media if "input_features" in m]
+    if audio:
+        max_frames = max(m["input_features"].shape[-1] for m in audio)
+        n_mels = audio[0]["input_features"].shape[1]
+        features = torch.zeros(len(audio), n_mels, max_frames, dtype=audio[0]["input_features"].dtype)
+        mask = torch.zeros(len(audio), max_frames, dtype=torch.long)
+        for i, m in enumerate(audio):
+            num_frames = int(m["feature_attention_mask"].sum())
+            features[i, :, :num_frames] = m["input_features"][0, :, :num_frames]
+            mask[i, :num_frames] = 1
+        out["input_features"] = features  # [N_audio, n_mels, F_max]
+        out["feature_attention_mask"] = mask  # [N_audio, F_max]
+    video = [m for m in media if "pixel_values_videos" in m]
+    if video:
+        out["pixel_values_videos"] = torch.cat([m["pixel_values_videos"] for m in video])  # [sum t*h*w, D]
+        out["video_grid_thw"] = torch.cat([m["video_grid_thw"].reshape(-1, 3) for m in video]).long()  # [N, 3]
+        out["video_second_per_grid"] = torch.cat([m["video_second_per_grid"].reshape(-1) for m in video]).float()
+    if dtype is not None:
+        for key in ("input_features", "pixel_values_videos"):
+            if key in out:
+                out[key] = out[key].to(dtype)
+    return out
+
+
+def pad_sequences(
+    seqs: Sequence[torch.Tensor], pad_value: int, side: str = "right", length: int | None = None
+) -> torch.Tensor:
+    """Stack 1-D tensors into [B, L] padded on the given side (L = max length unless given)."""
+    length = max(len(s) for s in seqs) if length is None else length
+    out = torch.full((len(seqs), length), pad_value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, : len(s)] = s
+        elif side == "left":
+            out[i, length - len(s) :] = s
+        else:
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    return out
+
+
+def mrope_position_ids(
+    input_ids: torch.Tensor,
+    video_grid_thw: torch.Tensor | None,
+    video_second_per_grid: torch.Tensor | None,
+    *,
+    video_token_id: int,
+    spatial_merge_size: int = SPATIAL_MERGE_SIZE,
+    position_id_per_seconds: float = POSITION_ID_PER_SECONDS,
+) -> torch.Tensor:
+    """Qwen2.5-Omni multimodal RoPE positions of ONE unpadded sample (audio before video, no
+    images, no audio-in-video): text and audio tokens advance all three axes by one; a video run
+    takes (t * second_per_grid * position_id_per_seconds, row, column) offsets from its start and
+    the next token continues at the maximum + 1 (as ``Qwen2_5OmniThinkerModel.get_rope_index``).
+
+    Args:
+        input_ids: [L] token ids.
+        video_grid_thw: [N_video, 3] patch grids of this sample's videos, in order (or None).
+        video_second_per_grid: [N_video] seconds per temporal patch (or None).
+
+    Returns:
+        [3, L] int64 positions (temporal, height, width).
+    """
+    ids = input_ids.tolist()
+    chunks: list[torch.Tensor] = []
+    start, i, video_idx = 0, 0, 0
+    while i < len(ids):
+        j = i
+        if ids[i] == video_token_id:
+            while j < len(ids) and ids[j] == video_token_id:
+                j += 1
+            t, h, w = (int(x) for x in video_grid_thw[video_idx])
+            gh, gw = h // spatial_merge_size, w // spatial_merge_size
+            if j - i != t * gh * gw:
+                raise ValueError(f"video run of {j - i} tokens does not match grid {(t, h, w)}")
+            t_index = (torch.arange(t) * float(video_second_per_grid[video_idx]) * position_id_per_seconds).long()
+            pos = torch.stack(
+                [
+                    t_index.repeat_interleave(gh * gw),
+                    torch.arange(gh).repeat_interleave(gw).repeat(t),
+                    torch.arange(gw).repeat(t * gh),
+                ]
+            )
+            chunks.append(pos + start)
+            start = int(chunks[-1].max()) + 1
+            video_idx += 1
+        else:
+            while j < len(ids) and ids[j] != video_token_id:
+                j += 1
+            chunks.append(torch.arange(start, start + j - i).expand(3, -1))
+            start += j - i
+        i = j
+    return torch.cat(chunks, dim=1) if chunks else torch.zeros(3, 0, dtype=torch.long)
+
+
+class SFTCollator:
+    """SFT batches, padded or packed (see the module docstring).
+
+    Args:
+        tokenizer: supplies the pad id (``pad_token_id``) and the ``<|VIDEO|>`` id.
+        packed: concatenate samples into rows instead of padding each one.
+        max_packed_tokens: row capacity when packed (required then).
+        mrope: emit Thinker-style [4, R, L] position ids when packed (required for the Thinker).
+        media_dtype: cast floating media tensors to this dtype (e.g. "bfloat16"); None keeps them.
+        spatial_merge_size, position_id_per_seconds: the Thinker's values (for ``mrope``).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        packed: bool = False,
+        max_packed_tokens: int | None = None,
+        mrope: bool = False,
+        media_dtype: str | torch.dtype | None = None,
+        spatial_merge_size: int = SPATIAL_MERGE_SIZE,
+        position_id_per_seconds: float = POSITION_ID_PER_SECONDS,
+    ):
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            raise ValueError("tokenizer has no pad_token_id")
+        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        if packed and not max_packed_tokens:
+            raise ValueError("packed=True needs max_packed_tokens (the row capacity)")
+        self.packed = packed
+        self.max_packed_tokens = max_packed_tokens
+        self.mrope = mrope
+        self.media_dtype = _dtype(media_dtype)
+        self.spatial_merge_size = spatial_merge_size
+        self.position_id_per_seconds = position_id_per_seconds
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        if self.packed:
+            return self._pack(samples)
+        media = collate_media([s["media"] for s in samples], self.media_dtype)
+        input_ids = pad_sequences([s["input_ids"] for s in samples], self.pad_id, "right")  # [B, L]
+        labels = pad_sequences([s["labels"] for s in samples], IGNORE_INDEX, "right")  # [B, L]
+        attention_mask = pad_sequences([torch.ones_like(s["input_ids"]) for s in samples], 0, "right")  # [B, L]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **media}
+
+    def _positions(self, sample: dict[str, Any]) -> torch.Tensor:
+        ids = sample["input_ids"]
+        text = torch.arange(len(ids))
+        if not self.mrope:
+            return text
+        m = sample["media"]
+        grid = m.get("video_grid_thw")
+        spg = m.get("video_second_per_grid")
+        rope = mrope_position_ids(
+            ids,
+            grid,
+            spg,
+            video_token_id=self.video_token_id,
+            spatial_merge_size=self.spatial_merge_size,
+            position_id_per_seconds=self.position_id_per_seconds,
+        )
+        return torch.cat([text[None], rope])  # [4, L]
+
+    def _pack(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not self.mrope and any(s["media"] for s in samples):
+            raise ValueError("packing samples with media needs mrope=True (Qwen2.5-Omni Thinker positions)")
+        capacity = self.max_packed_tokens
+        # First-fit decreasing; a sample longer than the capacity gets a row of its own.
+        rows: list[list[dict[str, Any]]] = []
+        used: list[int] = []
+        for s in sorted(samples, key=lambda s: -len(s["input_ids"])):
+            n = len(s["input_ids"])
+            r = next((r for r in range(len(rows)) if used[r] + n <= capacity), None)
+            if r is None:
+                rows.append([])
+                used.append(0)
+                r = len(rows) - 1
+            rows[r].append(s)
+            used[r] += n
+        length = max(used)
+        num_pos_rows = 4 if self.mrope else 1
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros(num_pos_rows, len(rows), length, dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for s in row:
+                n = len(s["input_ids"])
+                input_ids[r, at : at + n] = s["input_ids"]
+                labels[r, at : at + n] = s["labels"]
+                position_ids[:, r, at : at + n] = self._positions(s).reshape(num_pos_rows, n)
+                at += n
+            # Tail padding: a fresh position run, i.e. its own block in the packed mask.
+            position_ids[:, r, at:] = torch.arange(length - at)
+        # The Thinker fills placeholders in row-major order: media must follow the packed order.
+        media = collate_media([s["media"] for row in rows for s in row], self.media_dtype)
+        return {
+            "input_ids": input_ids,  # [R, L]
+            "labels": labels,  # [R, L]
+            "position_ids": position_ids if self.mrope else position_ids[0],  # [4, R, L] or [R, L]
+            **media,
+        }
+
+
+class PromptCollator:
+    """Left-padded prompt batches for rollouts and evaluation (see the module docstring).
+
+    Args:
+        tokenizer: supplies ``pad_token_id``.
+        media_dtype: cast floating media tensors to this dtype; None keeps them.
+    """
+
+    def __init__(self, tokenizer, *, media_dtype: str | torch.dtype | None = None):
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            raise ValueError("tokenizer has no pad_token_id")
+        self.media_dtype = _dtype(media_dtype)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        prompts = [s["prompt_ids"] for s in samples]
+        batch: dict[str, Any] = {
+            "prompt_ids": pad_sequences(prompts, self.pad_id, "left"),  # [B, P]
+            "prompt_mask": pad_sequences([torch.ones_like(p) for p in prompts], 0, "left"),  # [B, P]
+            "media": collate_media([s["media"] for s in samples], self.media_dtype) or None,
+            "names": [s["name"] for s in samples],
+        }
+        for key in samples[0]:
+            if key not in ("prompt_ids", "media", "name"):
+                batch[key] = [s[key] for s in samples]
+        return batch

@@ -1,0 +1,321 @@
+import importlib.util
+import json
+import math
+import wave
+
+import pytest
+import torch
+
+from merr1.components import data_media
+from merr1.components.data_media import (
+    AudioFeaturizer,
+    MediaConfig,
+    cache_path,
+    load_media,
+    patchify_video,
+    prepare_media,
+    preprocess_frames,
+    read_wav,
+    resample,
+    sample_frame_indices,
+    save_media,
+    smart_resize,
+    video_media,
+    write_wav,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeFrames:
+    """A FrameSource over synthetic frames (no video decoding library needed)."""
+
+    def __init__(self, num_frames=30, fps=10.0, height=50, width=70, value=None):
+        self.num_frames, self.fps = num_frames, fps
+        self.height, self.width, self.value = height, width, value
+        self.requested = None
+
+    def get_frames(self, indices):
+        self.requested = list(indices)
+        if self.value is not None:
+            return torch.full((len(indices), self.height, self.width, 3), self.value, dtype=torch.uint8)
+        base = torch.arange(self.height * self.width * 3).reshape(self.height, self.width, 3) % 251
+        return torch.stack([((base + 7 * i) % 256).to(torch.uint8) for i in indices])
+
+
+def _sine(seconds, rate=16000, freq=440.0):
+    t = torch.arange(int(seconds * rate)) / rate
+    return 0.5 * torch.sin(2 * math.pi * freq * t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+
+
+@pytest.mark.parametrize("width, tol", [(1, 1 / 100), (2, 1 / 30000), (3, 1e-6), (4, 1e-6)])
+def test_read_wav_sample_widths(tmp_path, width, tol):
+    signal = _sine(0.01, rate=8000)
+    path = tmp_path / f"w{width}.wav"
+    scale = 2 ** (8 * width - 1) - 1
+    ints = (signal * scale).round().long()
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(2)
+        f.setsampwidth(width)
+        f.setframerate(8000)
+        stereo = torch.stack([ints, ints], dim=1).reshape(-1)
+        if width == 1:
+            raw = bytes((stereo + 128).tolist())
+        else:
+            raw = b"".join(int(v).to_bytes(width, "little", signed=True) for v in stereo.tolist())
+        f.writeframes(raw)
+    waveform, rate = read_wav(path)
+    assert rate == 8000 and waveform.shape == signal.shape
+    assert torch.allclose(waveform, signal, atol=tol + 1 / scale)
+
+
+def test_write_read_roundtrip(tmp_path):
+    signal = _sine(0.05)
+    write_wav(tmp_path / "a.wav", signal, 16000)
+    waveform, rate = read_wav(tmp_path / "a.wav")
+    assert rate == 16000 and torch.allclose(waveform, signal, atol=1 / 16000)
+
+
+def test_read_wav_empty(tmp_path):
+    write_wav(tmp_path / "e.wav", torch.zeros(0), 16000)
+    with pytest.raises(ValueError, match="empty"):
+        read_wav(tmp_path / "e.wav")
+
+
+@pytest.mark.parametrize("n, orig, new, expected", [(16000, 16000, 16000, 16000), (44100, 44100, 16000, 16000), (800, 8000, 16000, 1600)])
+def test_resample_lengths(n, orig, new, expected):
+    out = resample(torch.full((n,), 0.25), orig, new)
+    assert out.numel() == expected and torch.allclose(out, torch.full_like(out, 0.25))
+
+
+@pytest.mark.parametrize("seconds", [0.0101, 0.1, 0.5, 2.0, 7.3])
+def test_audio_featurizer_matches_the_fully_padded_extractor(seconds):
+    """Same valid frames as the processor's 30 s (Whisper) / 300 s (Omni) max-length padding."""
+    from transformers import WhisperFeatureExtractor
+
+    g = torch.Generator().manual_seed(0)
+    waveform = _sine(seconds) * torch.rand(int(seconds * 16000), generator=g)
+    cfg = MediaConfig.tiny()
+    cfg.cache_dtype = "float32"
+    media = AudioFeaturizer(cfg)(waveform, 16000)
+    num_frames = math.ceil(waveform.numel() / 160)
+    assert media["input_features"].shape == (1, 16, num_frames)
+    assert media["feature_attention_mask"].tolist() == [[1] * num_frames]
+    reference = WhisperFeatureExtractor(feature_size=16)(
+        waveform.numpy(), sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt"
+    )
+    assert int(reference["attention_mask"].sum()) == num_frames
+    torch.testing.assert_close(media["input_features"], reference["input_features"][:, :, :num_frames], atol=1e-5, rtol=1e-5)
+    assert AudioFeaturizer(MediaConfig.tiny())(waveform, 16000)["input_features"].dtype == torch.bfloat16
+
+
+def test_audio_featurizer_truncates_like_the_processor():
+    cfg = MediaConfig.tiny()
+    featurizer = AudioFeaturizer(cfg)
+    featurizer.extractor.n_samples = 16000  # pretend a 1 s maximum
+    media = featurizer(_sine(1.7), 16000)
+    assert media["input_features"].shape == (1, 16, 100)
+
+
+def test_audio_featurizer_resamples():
+    media = AudioFeaturizer(MediaConfig.tiny())(_sine(0.5, rate=8000), 8000)
+    assert media["input_features"].shape == (1, 16, 50)
+
+
+def test_media_config_from_pretrained(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "feature_size": 128, "sampling_rate": 16000, "min_pixels": 3136, "max_pixels": 12845056,
+        "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
+    }))  # fmt: skip
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 1000, "longest_edge": 2000}}))
+    cfg = MediaConfig.from_pretrained(tmp_path)
+    assert (cfg.n_mels, cfg.min_pixels, cfg.max_pixels) == (128, 1000, 2000)
+    assert cfg.image_mean == (0.5, 0.5, 0.5) and cfg.image_std == (0.25, 0.25, 0.25)
+    assert cfg.feature_extractor_dir == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        MediaConfig.from_pretrained(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# Video
+
+
+@pytest.mark.parametrize(
+    "height, width, min_pixels, max_pixels, expected",
+    [
+        (480, 640, 128 * 28 * 28, 768 * 28 * 28, (476, 644)),
+        (1080, 1920, 128 * 28 * 28, 768 * 28 * 28, (560, 1008)),
+        (20, 20, 128 * 28 * 28, 768 * 28 * 28, (336, 336)),
+        (50, 70, 784, 784, (28, 28)),
+    ],
+)
+def test_smart_resize(height, width, min_pixels, max_pixels, expected):
+    assert smart_resize(height, width, 28, min_pixels, max_pixels) == expected
+
+
+def test_smart_resize_rejects_extreme_aspect():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(10, 3000, 28, 784, 10**6)
+
+
+@pytest.mark.parametrize(
+    "num_frames, fps, expected",
+    [
+        (95, 25.0, [0, 15, 31, 47, 63, 79]),  # 3.8 s at 2 fps = 7.6 -> 6 frames (multiple of 2)
+        (3, 30.0, [0, 1]),  # min_frames 4 capped by the video's own length (rounded to 2)
+        (1, 30.0, [0, 0]),  # a single frame is repeated to fill one temporal patch
+        (40, 10.0, [0, 5, 10, 15, 20, 25, 30, 35]),  # 4 s at 2 fps = 8
+    ],
+)
+def test_sample_frame_indices(num_frames, fps, expected):
+    assert sample_frame_indices(num_frames, fps, MediaConfig()) == expected
+
+
+def test_sample_frame_indices_caps_at_max_frames():
+    assert len(sample_frame_indices(10000, 25.0, MediaConfig())) == 768
+
+
+def test_patchify_layout_matches_a_loop_reference():
+    frames = torch.randn(4, 3, 56, 84)  # T=4 -> t=2; h=4, w=6 patches
+    patches, grid = patchify_video(frames)
+    assert grid == (2, 4, 6) and patches.shape == (2 * 4 * 6, 3 * 2 * 14 * 14)
+    rows = []
+    for t in range(2):
+        for bh in range(2):
+            for bw in range(3):
+                for i in range(2):
+                    for j in range(2):
+                        y, x = (bh * 2 + i) * 14, (bw * 2 + j) * 14
+                        block = frames[2 * t : 2 * t + 2, :, y : y + 14, x : x + 14]  # [tp, C, p, p]
+                        rows.append(block.permute(1, 0, 2, 3).reshape(-1))
+    assert torch.equal(patches, torch.stack(rows))
+
+
+def test_patchify_pads_odd_frame_counts_and_checks_size():
+    patches, grid = patchify_video(torch.randn(3, 3, 28, 28))
+    assert grid == (2, 2, 2) and patches.shape == (8, 1176)
+    with pytest.raises(ValueError, match="multiple of 28"):
+        patchify_video(torch.randn(2, 3, 30, 28))
+
+
+def test_preprocess_frames_normalizes():
+    cfg = MediaConfig(min_pixels=28 * 28, max_pixels=28 * 28, max_video_tokens=None)
+    out = preprocess_frames(torch.full((2, 28, 28, 3), 128, dtype=torch.uint8), cfg)
+    expected = [(128 / 255 - m) / s for m, s in zip(cfg.image_mean, cfg.image_std)]
+    assert out.shape == (2, 3, 28, 28)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected), atol=1e-6)
+
+
+def test_video_media_tiny_and_default():
+    source = FakeFrames(num_frames=30, fps=10.0)
+    tiny = video_media(source, MediaConfig.tiny())
+    assert source.requested == [0, 15]
+    assert tiny["pixel_values_videos"].shape == (4, 1176)
+    assert tiny["video_grid_thw"].tolist() == [[1, 2, 2]]
+    assert tiny["video_second_per_grid"].tolist() == [1.0]
+    full = video_media(FakeFrames(num_frames=30, fps=10.0), MediaConfig())
+    t, h, w = full["video_grid_thw"][0].tolist()
+    assert t == 3 and h * 14 * w * 14 >= 128 * 28 * 28  # 3 s at 2 fps -> 6 frames; upscaled to min_pixels
+    assert full["pixel_values_videos"].shape == (t * h * w, 1176)
+
+
+def test_pyav_missing_names_the_extra():
+    if importlib.util.find_spec("av") is not None:
+        pytest.skip("PyAV is installed")
+    with pytest.raises(ImportError, match=r"merr1\[media\]"):
+        data_media.PyAVFrameSource("clip.mp4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache files and prepare_media
+
+
+def test_cache_path_and_save_validation(tmp_path):
+    assert cache_path(tmp_path, "sample_1") == tmp_path / "sample_1.safetensors"
+    for bad in ("", "a/b", "..", "a\\b"):
+        with pytest.raises(ValueError, match="cache file name"):
+            cache_path(tmp_path, bad)
+    with pytest.raises(ValueError, match="unknown media keys"):
+        save_media(tmp_path / "x.safetensors", {"pixel_values": torch.zeros(1)})
+
+
+def _fake_clips(root, names, broken_audio=(), missing_video=()):
+    (root / "audio").mkdir(parents=True)
+    (root / "video").mkdir()
+    for i, name in enumerate(names):
+        if name in broken_audio:
+            (root / "audio" / f"{name}.wav").write_bytes(b"RIFF....garbage")
+        else:
+            write_wav(root / "audio" / f"{name}.wav", _sine(0.1 + 0.05 * i), 16000)
+        if name not in missing_video:
+            (root / "video" / f"{name}.mp4").write_bytes(b"")  # opened by the fake frame source only
+
+
+def test_prepare_media_end_to_end(tmp_path, caplog):
+    names = ["clip_a", "clip_b", "clip_c", "clip_d"]
+    _fake_clips(tmp_path, names, broken_audio={"clip_c"}, missing_video={"clip_d"})
+    out = tmp_path / "media_cache"
+    report = prepare_media(
+        out, audio_dir=tmp_path / "audio", video_dir=tmp_path / "video", config=MediaConfig.tiny(),
+        frame_source=lambda path: FakeFrames(), progress=False,
+    )  # fmt: skip
+    assert report.num_written == 2 and report.num_cached == 0
+    assert [(n, why.split(" ")[0] + " " + why.split(" ")[1]) for n, why in report.failed] == [
+        ("clip_c", "unreadable audio"), ("clip_d", "missing video")
+    ]  # fmt: skip
+    assert any("clip_c" in r.message for r in caplog.records)
+    media = load_media(cache_path(out, "clip_a"))
+    assert set(media) == set(data_media.MEDIA_KEYS)
+    assert media["input_features"].shape == (1, 16, 10)
+    # Idempotent: a second run only counts the existing entries.
+    again = prepare_media(
+        out, audio_dir=tmp_path / "audio", video_dir=tmp_path / "video", config=MediaConfig.tiny(),
+        frame_source=lambda path: FakeFrames(), progress=False,
+    )  # fmt: skip
+    assert again.num_written == 0 and again.num_cached == 2 and len(again.failed) == 2
+    # Audio only: no video needed.
+    audio_only = prepare_media(
+        tmp_path / "audio_cache", audio_dir=tmp_path / "audio", video_dir=None, config=MediaConfig.tiny(),
+        modalities=("audio",), progress=False,
+    )  # fmt: skip
+    assert audio_only.num_written == 3
+    assert set(load_media(cache_path(tmp_path / "audio_cache", "clip_d"))) == set(data_media.AUDIO_KEYS)
+
+
+def test_prepared_media_feed_the_tiny_thinker(tmp_path):
+    """Cache entries from real wav decoding + the video path load as a dataset and run the model."""
+    from merr1.components.data import mer_unibench
+    from merr1.components.data_collate import PromptCollator
+    from merr1.components.models import tiny_thinker
+    from merr1.components.tokenizer import tiny_tokenizer
+
+    names = ["c0", "c1", "c2"]
+    _fake_clips(tmp_path, names)
+    data_dir = tmp_path / "set"
+    prepare_media(
+        data_dir / "media_cache", audio_dir=tmp_path / "audio", video_dir=tmp_path / "video",
+        config=MediaConfig.tiny(), frame_source=lambda path: FakeFrames(num_frames=60, fps=10.0), progress=False,
+    )  # fmt: skip
+    (data_dir / "labels.csv").write_text("name,label\n" + "".join(f"{n},sad\n" for n in names))
+    (data_dir / "subtitle.csv").write_text("name,english\n" + "".join(f"{n},I miss you.\n" for n in names))
+    tok = tiny_tokenizer()
+    ds = mer_unibench(tok, data_dir, num_mel_bins=16)
+    assert len(ds) == 3 and not ds.bad_rows
+    batch = PromptCollator(tok)([ds[i] for i in range(3)])
+    model = tiny_thinker().eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **batch["media"]).logits
+    assert torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="16 mel bins, the model expects 128"):
+        mer_unibench(tok, data_dir, num_mel_bins=128)
