@@ -300,7 +300,7 @@ class TrainingCheckpointer:
     ) -> ResumeState:
         """Like ``load_latest`` for the checkpoint of a given step."""
         from torch.distributed.checkpoint import CheckpointException, FileSystemReader, load
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
         step_dir = self.step_dir(step)
         meta_path = step_dir / "meta.json"
@@ -311,17 +311,36 @@ class TrainingCheckpointer:
         self._check_compatible(meta, step_dir, world_size)
 
         model_state, optim_state = get_state_dict(model, optimizer)
+        reader = FileSystemReader(step_dir / "state")
+        # get_state_dict gives the fresh optimizer a state for EVERY parameter, but a saved
+        # optimizer has none for parameters that never received a gradient (AdamW skips them, e.g.
+        # the Thinker's unused audio_bos_eos_token): leave those stateless, as in the saved run.
+        # Model weights are always loaded strictly.
+        saved_keys = set(reader.read_metadata().state_dict_metadata)
+        optim_state["state"] = {
+            fqn: param_state
+            for fqn, param_state in optim_state["state"].items()
+            if any(f"optimizer.state.{fqn}.{key}" in saved_keys for key in param_state)
+        }
         state = {"model": model_state, "optimizer": optim_state}
         try:
             with _single_process_dcp_is_intended():
-                load(state, storage_reader=FileSystemReader(step_dir / "state"), no_dist=not dist.is_initialized())
+                load(state, storage_reader=reader, no_dist=not dist.is_initialized())
         except CheckpointException as err:  # a BaseException in DCP; every rank gets the same failures
             reasons = "; ".join(sorted({str(exc) for exc, _ in err.failures.values()}))
             raise ValueError(
                 f"cannot load the model/optimizer state from {step_dir}: {reasons} "
                 "(build the model and optimizer from the config the checkpoint was written with)"
             ) from err
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        # strict=False only lets the stateless parameters above through: every model key was
+        # already checked against the checkpoint by ``load``.
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(strict=False),
+        )
 
         trainer_state = torch.load(step_dir / "state" / "trainer.pt", weights_only=True)
         if lr_scheduler is not None:

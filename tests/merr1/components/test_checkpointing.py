@@ -492,3 +492,40 @@ def test_torchrun_sigterm_to_the_agent_then_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     run_on_ranks(toy.run, 2, tmp_path, output_dir=tmp_path / "ref", num_steps=num_steps, fsdp=True)
     assert toy.read_metrics(run_dir) == toy.read_metrics(tmp_path / "ref")
+
+
+def test_parameter_without_gradient_resumes_exactly(tmp_path):
+    """A parameter that never gets a gradient (the Thinker's unused audio_bos_eos_token) has no
+    AdamW state; resuming must neither fail nor give it one, and training continues identically."""
+
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.used = nn.Linear(4, 4)
+            self.unused = nn.Embedding(2, 4)
+
+        def forward(self, x):
+            return self.used(x).square().mean()
+
+    def train(model, optimizer, steps):
+        losses = []
+        for i in range(steps):
+            loss = model(torch.full((3, 4), 0.1 * (i + 1)))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    model = WithUnused()
+    optimizer = build_adamw(model, lr=0.1)
+    train(model, optimizer, 2)
+    TrainingCheckpointer(tmp_path).save(model, optimizer, None, DataPosition(0, 2, 2))
+    expected = train(model, optimizer, 3)
+
+    fresh = WithUnused()
+    fresh_optimizer = build_adamw(fresh, lr=0.1)
+    TrainingCheckpointer(tmp_path).load_latest(fresh, fresh_optimizer, None)
+    assert fresh.unused.weight not in fresh_optimizer.state
+    assert train(fresh, fresh_optimizer, 3) == expected
