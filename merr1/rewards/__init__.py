@@ -1,6 +1,8 @@
 """Reward components for GRPO (YAML ``_component_`` targets; CONTRACTS.md "Rewards").
 
-Each is a callable class ``reward(batch: RewardBatch) -> RewardOutput`` whose outputs are named
+Each is a callable class ``reward(batch: RewardBatch) -> RewardOutput`` with a class attribute
+``outputs`` (the reward names it returns, checked by the recipe against the advantage groups
+before training), whose outputs are named
 ``[num_prompts, G]`` tensors: ``recall``, ``precision``, ``f1`` (``emotion_set``), ``format``,
 ``early_answer``/``final_answer`` (``videoauto``), ``cali_pos``/``cali_neg`` (``calibration``),
 ``text_recheck``/``modality_recheck`` (``reflective``).

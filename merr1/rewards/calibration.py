@@ -77,6 +77,8 @@ class CalibrationRewards:
         extras_key: where the recipe puts the ``CalibrationInputs``.
     """
 
+    outputs = ("cali_pos", "cali_neg")
+
     def __init__(self, extras_key: str = "calibration") -> None:
         self.extras_key = extras_key
 

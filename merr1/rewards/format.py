@@ -81,6 +81,8 @@ class FormatReward:
         strict: whole-response exact match (module docstring); default False (paper).
     """
 
+    outputs = ("format",)
+
     def __init__(self, scheme: str = "think_answer", strict: bool = False) -> None:
         self.scheme = scheme
         self.strict = strict

@@ -87,6 +87,8 @@ class ReflectiveRewards:
         modality_question: appended after step 1 for the modality re-check.
     """
 
+    outputs = ("text_recheck", "modality_recheck")
+
     def __init__(
         self,
         extras_key: str = "reflective_generate",

@@ -35,6 +35,8 @@ class VideoAutoAnswerRewards:
         duplicate_penalty: as in ``merr1.rewards.emotion_set``.
     """
 
+    outputs = ("early_answer", "final_answer")
+
     def __init__(
         self,
         metric: str = "f1",
