@@ -34,6 +34,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,6 @@ class GRPORecipe:
             pad_token_id=self._tokenizer.pad_token_id,
             suppress_token_ids=suppress,
         )
-        # Rollout sampling has its own generator, saved in checkpoints: resume replays it exactly.
-        self._rollout_generator = torch.Generator(device=self._device).manual_seed(cfg.seed * 1000 + self._rank)
 
         self._checkpointer = TrainingCheckpointer(
             self._output_dir,
@@ -166,9 +165,7 @@ class GRPORecipe:
             config=cfg_dict,
         )
         if self._resume:
-            state = self._checkpointer.load_latest(
-                self._model, self._optimizer, self._lr_scheduler, generators={"rollout": self._rollout_generator}
-            )
+            state = self._checkpointer.load_latest(self._model, self._optimizer, self._lr_scheduler)
             self._position = state.position
         resume_step = self._position.global_step if self._resume else None
         self._metric_logger = MetricLogger(self._output_dir, resume_step=resume_step)
@@ -399,6 +396,17 @@ class GRPORecipe:
         )
 
     # ------------------------------------------------------------------------------- one step
+    def _row_generators(self, names: list[str]) -> list[torch.Generator]:
+        """One sampling generator per rollout row, seeded by (seed, step, prompt name, sample):
+        rollouts do not depend on the number of ranks or the batch a prompt lands in, and a
+        resumed run samples exactly what the uninterrupted one did."""
+        step = self._position.global_step + 1
+        return [
+            torch.Generator(device=self._device).manual_seed(zlib.crc32(f"{self._data_seed}/{step}/{name}/{g}".encode()))
+            for name in names
+            for g in range(self._group_size)
+        ]
+
     def _rollout(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Sample G responses per prompt (parameters gathered once inside ``generate``)."""
         G = self._group_size
@@ -408,7 +416,7 @@ class GRPORecipe:
         with torch.no_grad(), self._autocast():
             rollouts = generate(
                 self._model, prompt_ids, prompt_mask, self._sampling, num_samples=G,
-                media=self._media(batch["sample_media"]) or None, generator=self._rollout_generator,
+                media=self._media(batch["sample_media"]) or None, generator=self._row_generators(batch["names"]),
             )  # fmt: skip
         self._model.train()
         return {
@@ -593,13 +601,12 @@ class GRPORecipe:
             log.info("final HF weights: %s", final)
 
     def save_checkpoint(self) -> None:
-        """Resumable state (incl. the rollout generator) plus HF-format weights, atomically."""
+        """Resumable state plus HF-format weights, atomically (rollout seeds derive from the step)."""
         self._checkpointer.save(
             self._model,
             self._optimizer,
             self._lr_scheduler,
             self._position,
-            generators={"rollout": self._rollout_generator},
             write_extra_files=lambda step_dir: checkpoint_io.save_hf_checkpoint(
                 self._model, step_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
             ),

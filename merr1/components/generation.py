@@ -93,6 +93,10 @@ def media_token_ids(config) -> list[int]:
     return sorted({token_id for token_id in ids if token_id is not None})
 
 
+# One RNG for the whole batch, or one per rollout row (see ``generate``).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 @dataclass(frozen=True)
 class StopStrings:
     """Stop strings matched on the generated text (bytes), independent of how BPE merged them.
@@ -225,7 +229,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def sample_next_tokens(
     logits: torch.Tensor,
     config: SamplingConfig,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     suppress_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and its log-prob under the untruncated ``logits / temperature``.
@@ -233,7 +237,7 @@ def sample_next_tokens(
     Args:
         logits: ``[R, V]`` float32 next-token logits.
         config: temperature / top-k / top-p / suppressed tokens.
-        generator: RNG for the draw (global RNG if None).
+        generator: RNG for the draw (global RNG if None), or one generator per row.
         suppress_ids: ``config.suppress_token_ids`` as a tensor on the logits' device (built
             from the config if None; the decode loop passes it to avoid a copy per step).
 
@@ -252,7 +256,14 @@ def sample_next_tokens(
         candidates = filter_logits(candidates, config.top_k, config.top_p)
         # Gumbel-max: argmax(logits - log(-log U)), U ~ Uniform[0, 1), samples from softmax(logits).
         # U == 0 gives -inf (never chosen); U < 1, so no +inf and no NaN next to -inf logits.
-        uniform = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+        if isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
+            if len(generator) != candidates.shape[0]:
+                raise ValueError(f"{len(generator)} row generators for {candidates.shape[0]} rows")
+            uniform = torch.stack(
+                [torch.rand(candidates.shape[-1], generator=g, device=candidates.device) for g in generator]
+            )
+        else:
+            uniform = torch.rand(candidates.shape, generator=generator, device=candidates.device)
         tokens = (candidates - uniform.log_().neg_().log_()).argmax(dim=-1)
     logprobs = scaled.log_softmax(dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logprobs
@@ -399,7 +410,7 @@ def generate(
     *,
     num_samples: int = 1,
     media: dict[str, torch.Tensor] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Rollouts:
     """Sample ``num_samples`` responses per prompt with a KV cache, prefilling each prompt once.
 
@@ -412,7 +423,10 @@ def generate(
         config: sampling settings.
         num_samples: G, samples per prompt.
         media: the Thinker's multimodal forward kwargs for the B prompts (``MEDIA_KEYS``).
-        generator: RNG for sampling, on the model's device; same seed -> same rollouts.
+        generator: RNG for sampling, on the model's device; same seed -> same rollouts. Or a
+            list of ``B * G`` generators, one per row (row ``b * G + g``): each row's tokens then
+            depend only on its own generator, not on the batch it is sampled in (so data-parallel
+            runs with per-sample seeds sample what one process would).
 
     Returns:
         ``Rollouts`` with ``B * G`` rows, row ``b * G + g`` = sample g of prompt b.
@@ -465,7 +479,7 @@ def _decode(
     prompt_mask: torch.Tensor,  # [R, P]
     config: SamplingConfig,
     mrope: bool,
-    generator: torch.Generator | None,
+    generator: Generators,
 ) -> Rollouts:
     num_rows, prompt_len = prompt_mask.shape
     max_new, device = config.max_new_tokens, logits.device

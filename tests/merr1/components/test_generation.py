@@ -179,6 +179,26 @@ def test_logprobs_match_teacher_forced_forward(name, temperature, top_k, top_p, 
 # --- reproducibility and group sampling --------------------------------------------------------
 
 
+def test_per_row_generators_make_rows_independent_of_their_batch(qwen2):
+    """Row generators: a prompt sampled alone gives the tokens it gets inside a bigger batch."""
+    model = qwen2
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
+    mask = (ids != 0).long()
+    config = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=50)
+
+    def gens(keys):
+        return [torch.Generator().manual_seed(k) for k in keys]
+
+    both = generate(model, ids, mask, config, num_samples=2, generator=gens([1, 2, 3, 4]))
+    second = generate(model, ids[1:], mask[1:], config, num_samples=2, generator=gens([3, 4]))
+    width = second.response_ids.shape[1]
+    assert torch.equal(both.response_ids[2:, :width], second.response_ids)
+    torch.testing.assert_close(both.logprobs[2:, :width], second.logprobs, atol=1e-5, rtol=0)
+    assert not torch.equal(both.response_ids[2], both.response_ids[3])
+    with pytest.raises(ValueError, match="row generators"):
+        generate(model, ids, mask, config, num_samples=2, generator=gens([1, 2]))
+
+
 @pytest.mark.parametrize("name", ["thinker", "qwen2"])
 def test_same_seed_same_rollouts_independent_of_global_rng(name, thinker, qwen2):
     model, ids, mask, media = model_and_batch(name, thinker, qwen2)
