@@ -24,7 +24,8 @@ How it can be learned (the CPU quick start trains a tiny model from scratch on i
 - A sample has 1 (40%), 2 (40%) or 3 (20%) distinct concepts; the English subtitle holds one
   templated cue sentence per concept (e.g. "They cancelled the match again, this is so unfair!"),
   with random fillers. The label lists one word per concept, in subtitle order; the reason is one
-  short templated sentence per listed word ("The cancelled match makes them angry."). Media
+  short templated sentence per listed word naming the cue ("The unfair cancellation makes them
+  angry."). Media
   are random tensors of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens;
   one 28x28 frame pair = 1 video token, 10% of clips two pairs): they carry no signal, the
   subtitle does.
@@ -96,39 +97,41 @@ _FILLERS: dict[str, tuple[str, ...]] = {
     "place": ("house", "hallway", "garden", "basement", "car park"),
 }
 
-# (subtitle sentence, cue for the reason) per concept; {slot}s take a filler.
+# (subtitle sentence with {slot}s for fillers, the cue the reason names) per concept. Cues name the
+# sentence's situation without its fillers: the reason is a short classification of the subtitle,
+# not a copy of it (copying fillers made a tiny model garble its reasoning at temperature 1).
 _CUES: dict[str, tuple[tuple[str, str], ...]] = {
     "joy": (
-        ("We finally got the {good}, this is the best day ever!", "getting the {good}"),
-        ("I can't stop smiling since the {event}.", "the great {event}"),
-        ("Ha ha, the {event} was so much fun!", "the fun {event}"),
-        ("My friends threw me a party for the {good}, I love them!", "a party for the {good}"),
-        ("Yes! We won the {event}!", "winning the {event}"),
-        ("Look at this {good}, it is wonderful!", "the wonderful {good}"),
+        ("We finally got the {good}, this is the best day ever!", "the good news"),
+        ("I can't stop smiling since the {event}.", "the smiling"),
+        ("Ha ha, the {event} was so much fun!", "the fun"),
+        ("My friends threw me a party for the {good}, I love them!", "the party"),
+        ("Yes! We won the {event}!", "the win"),
+        ("Look at this {good}, it is wonderful!", "the wonderful surprise"),
     ),
     "sadness": (
-        ("I miss my {person} so much.", "missing their {person}"),
-        ("Nobody came to the {event}, I sat there alone.", "being alone at the {event}"),
-        ("I lost my {thing} and nothing feels right anymore.", "losing their {thing}"),
-        ("My {person} moved away and the house feels empty.", "their {person} moving away"),
-        ("I cried all night after the {event}.", "crying after the {event}"),
-        ("It is over, I will never see my {person} again.", "losing their {person} forever"),
+        ("I miss my {person} so much.", "missing someone"),
+        ("Nobody came to the {event}, I sat there alone.", "being alone"),
+        ("I lost my {thing} and nothing feels right anymore.", "the loss"),
+        ("My {person} moved away and the house feels empty.", "the empty house"),
+        ("I cried all night after the {event}.", "the crying"),
+        ("It is over, I will never see my {person} again.", "the goodbye"),
     ),
     "anger": (
-        ("How dare you take my {thing} without asking!", "someone taking their {thing}"),
-        ("They cancelled the {event} again, this is so unfair!", "the cancelled {event}"),
-        ("Stop lying to me about the {thing}!", "the lies about the {thing}"),
+        ("How dare you take my {thing} without asking!", "the theft"),
+        ("They cancelled the {event} again, this is so unfair!", "the unfair cancellation"),
+        ("Stop lying to me about the {thing}!", "the lies"),
         ("I told you three times, why do you never listen?", "not being heard"),
-        ("Who broke my {thing}? I am sick of this!", "the broken {thing}"),
-        ("You ruined the {event} for everyone!", "the ruined {event}"),
+        ("Who broke my {thing}? I am sick of this!", "the broken things"),
+        ("You ruined the {event} for everyone!", "the ruined plans"),
     ),
     "fear": (
-        ("What if I fail the {test} tomorrow?", "failing the {test}"),
-        ("I heard footsteps outside the {place} last night.", "footsteps outside the {place}"),
-        ("My hands are shaking, the {test} starts soon.", "shaking before the {test}"),
-        ("Please don't leave me alone in this dark {place}.", "being alone in the dark {place}"),
-        ("The doctor still has not called about my {person}.", "no news about their {person}"),
-        ("Did you hear that noise in the {place}?", "a noise in the {place}"),
+        ("What if I fail the {test} tomorrow?", "the coming test"),
+        ("I heard footsteps outside the {place} last night.", "the footsteps"),
+        ("My hands are shaking, the {test} starts soon.", "the shaking hands"),
+        ("Please don't leave me alone in this dark {place}.", "the dark"),
+        ("The doctor still has not called about my {person}.", "the waiting"),
+        ("Did you hear that noise in the {place}?", "the strange noise"),
     ),
 }
 _NEUTRAL_SENTENCES = (
