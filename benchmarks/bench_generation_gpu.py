@@ -1,0 +1,183 @@
+"""Decode speed of merr1's sampler on a 7B-shaped Qwen2.5-Omni Thinker vs the HBM roofline.
+
+The Thinker's LLM has the real Qwen2.5-Omni-7B text shape (hidden 3584, 28 layers, 28 heads,
+4 KV heads, intermediate 18944, vocab 152064, bf16) with random weights (no download possible);
+its audio and vision towers are tiny, since decoding never runs them. Prompts are text only
+(positions still go through the Thinker's 3-D mRoPE path). Rows = prompts x G samples.
+
+Decode tokens/s = rows * (N - 1) / (time(N new tokens) - time(1 new token)), i.e. prefill and
+the first token excluded; median of ``--repeats``. No EOS/stop, so every row decodes N tokens.
+
+Roofline: a decode step must read every LLM weight once (lm_head included, the embedding table
+not) plus each row's KV cache, so steps/s <= HBM bandwidth / (weight bytes + KV bytes), with the
+KV length averaged over the decode. The achieved fraction is measured / roofline.
+Bandwidth: H100 SXM 3.35 TB/s, H100 PCIe 2.0 TB/s, H200 4.8 TB/s (``--bandwidth`` overrides).
+
+    python benchmarks/bench_generation_gpu.py                  # GPU, batches 8/32/64
+    python benchmarks/bench_generation_gpu.py --tiny           # CPU smoke test of the code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from merr1.components.generation import SamplingConfig, generate  # noqa: E402
+from merr1.components.models import tiny_thinker_config  # noqa: E402
+
+# Qwen2.5-Omni-7B Thinker text shape.
+TEXT_7B = dict(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+)
+TEXT_TINY = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+BANDWIDTH_TBPS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35}
+
+
+def build_thinker(text_shape: dict, device: torch.device, dtype: torch.dtype):
+    """A randomly initialised Thinker with the given LLM shape and tiny towers, on ``device``."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    config = tiny_thinker_config(**text_shape)
+    config.text_config.max_position_embeddings = 32768
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def llm_weight_bytes(model) -> int:
+    """Bytes of the weights a decode step reads: the LLM and lm_head, not the embedding table."""
+    llm = model.model.language_model
+    skip = {id(llm.embed_tokens.weight)}
+    params = [p for p in llm.parameters() if id(p) not in skip] + [model.lm_head.weight]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def kv_bytes_per_token(model) -> int:
+    cfg = model.config.text_config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * element  # K and V
+
+
+def bandwidth_bytes_per_s(device: torch.device, override_tbps: float | None) -> float | None:
+    if override_tbps is not None:
+        return override_tbps * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tbps in BANDWIDTH_TBPS.items():
+        if key in name:
+            return tbps * 1e12
+    raise ValueError(f"unknown HBM bandwidth for {name!r}: pass --bandwidth in TB/s")
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def decode_tokens_per_s(model, rows: int, samples: int, prompt_len: int, new_tokens: int, repeats: int, use_hf: bool):
+    """Median decode tokens/s over ``repeats`` (prefill and first token excluded)."""
+    device = model.lm_head.weight.device
+    num_prompts = rows // samples
+    gen = torch.Generator(device=device).manual_seed(0)
+    vocab = model.config.text_config.vocab_size
+    ids = torch.randint(10, vocab, (num_prompts, prompt_len), device=device, generator=gen)
+    mask = torch.ones_like(ids)
+
+    def run(n: int) -> None:
+        if use_hf:
+            model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=True, temperature=1.0, top_k=0,
+                top_p=1.0, num_return_sequences=samples, eos_token_id=None, pad_token_id=0,
+            )
+        else:
+            config = SamplingConfig(max_new_tokens=n, temperature=1.0)
+            out = generate(model, ids, mask, config, num_samples=samples, generator=gen)
+            assert out.response_ids.shape == (rows, n)
+
+    run(2)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        first = timed(lambda: run(1), device)
+        full = timed(lambda: run(new_tokens), device)
+        rates.append(rows * (new_tokens - 1) / (full - first))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny LLM shape on CPU (smoke test)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64], help="rows = prompts x samples")
+    parser.add_argument("--samples", type=int, default=8, help="G samples per prompt (capped at the batch)")
+    parser.add_argument("--prompt-len", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bandwidth", type=float, default=None, help="HBM bandwidth in TB/s (default: by GPU name)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers generate comparison")
+    args = parser.parse_args()
+
+    if args.tiny:
+        device, dtype, shape = torch.device("cpu"), torch.float32, TEXT_TINY
+        args.batches, args.prompt_len, args.new_tokens, args.repeats = [2, 4], 16, 8, 1
+        torch.set_num_threads(1)
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --tiny for the CPU smoke test")
+        device, dtype, shape = torch.device("cuda"), torch.bfloat16, TEXT_7B
+    bandwidth = bandwidth_bytes_per_s(device, args.bandwidth)
+    model = build_thinker(shape, device, dtype)
+    weights = llm_weight_bytes(model)
+    per_token_kv = kv_bytes_per_token(model)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device {name}; torch {torch.__version__}; LLM weights read per step {weights / 1e9:.2f} GB; "
+        f"KV {per_token_kv / 1e3:.1f} kB/token; prompt {args.prompt_len}, new tokens {args.new_tokens}"
+    )
+    print("| rows (B x G) | merr1 decode tok/s | roofline tok/s | fraction | transformers tok/s |")
+    print("|---|---|---|---|---|")
+    for rows in args.batches:
+        samples = min(args.samples, rows)
+        if rows % samples:
+            raise ValueError(f"batch {rows} is not a multiple of {samples} samples per prompt")
+        shape_args = (model, rows, samples, args.prompt_len, args.new_tokens, args.repeats)
+        ours = decode_tokens_per_s(*shape_args, use_hf=False)
+        theirs = "-" if args.no_hf else f"{decode_tokens_per_s(*shape_args, use_hf=True):,.0f}"
+        if bandwidth is None:
+            roofline, fraction = "n/a", "n/a"
+        else:
+            mean_context = args.prompt_len + args.new_tokens / 2
+            step_bytes = weights + rows * mean_context * per_token_kv
+            roofline_rate = rows * bandwidth / step_bytes
+            roofline, fraction = f"{roofline_rate:,.0f}", f"{ours / roofline_rate:.0%}"
+        row = f"| {rows} ({rows // samples} x {samples}) | {ours:,.0f} | {roofline} | {fraction} | {theirs} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The GRPO objective (METHOD section 4, Eq. 3) with the usual aggregation variants.
+
+Per token t of rollout i (only tokens where ``mask`` is True count):
+
+    r      = exp(logp - old_logp)                                   importance ratio
+    L_clip = -min(r * A_i, clip(r, 1 - clip_low, 1 + clip_high) * A_i)
+    KL     = exp(ref - logp) - (ref - logp) - 1                     k3 estimator (Schulman, 2020,
+                                                                    "Approximating KL divergence")
+    L_tok  = L_clip + beta * KL
+
+The k3 estimator is unbiased for KL(pi || pi_ref) under samples from pi and always >= 0. It is
+skipped entirely (no reference forward needed) when ``beta == 0`` or ``ref_logprobs is None``.
+
+Aggregation of L_tok into one scalar (``aggregation``):
+
+- ``"grpo"``:    mean over each sequence's tokens, then mean over sequences (Eq. 3 as written);
+- ``"dapo"``:    sum over all tokens of the batch / number of tokens (DAPO's token-level mean);
+- ``"dr_grpo"``: sum over all tokens / (number of sequences * ``max_len``) with a constant
+  ``max_len`` (Dr. GRPO: no length normalization bias).
+
+Data parallelism and gradient accumulation: each of the three is ``local_sum / count``, where the
+count is "sequences" (``grpo``, ``dr_grpo``) or "tokens" (``dapo``). Pass ``normalizer`` = that
+count summed over everything that contributes to one optimizer step (all ranks, all micro-batches;
+the recipe all-reduces it) so that summing the per-rank, per-micro-batch gradients gives exactly
+the gradient of the single-process loss. FSDP averages gradients over ranks by default, so the
+recipe then multiplies the loss by the world size (or reduces with a sum). For ``dr_grpo`` the
+normalizer is the global number of sequences; ``max_len`` still multiplies it.
+
+Deviation from the textbook: none in the math; the clip statistics follow the common convention
+that a token is "clipped low" when ``r < 1 - clip_low`` and ``A < 0`` and "clipped high" when
+``r > 1 + clip_high`` and ``A > 0`` (the cases where the clip removes the gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Aggregation = Literal["grpo", "dapo", "dr_grpo"]
+_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    beta: float = 0.0,
+    aggregation: Aggregation = "grpo",
+    max_len: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped GRPO surrogate with optional k3 KL penalty (Eq. 3).
+
+    Args:
+        logprobs: log pi_theta of the sampled tokens (with grad). # [N, T]
+        advantages: one advantage per sequence ``[N]`` or per token ``[N, T]``.
+        mask: True for response tokens that count. # [N, T]
+        old_logprobs: log-probs under the policy that generated the rollouts. # [N, T]
+            ``None`` = on-policy (``logprobs.detach()``: ratio 1, same gradient).
+        ref_logprobs: log-probs under the reference model. # [N, T]
+        clip_low: eta below 1 (ratio lower bound ``1 - clip_low``).
+        clip_high: eta above 1; ``None`` = ``clip_low`` (symmetric clip).
+        beta: KL coefficient; 0 skips the KL term.
+        aggregation: ``"grpo"``, ``"dapo"`` or ``"dr_grpo"`` (module docstring).
+        max_len: the constant length of ``"dr_grpo"`` (usually ``max_new_tokens``).
+        normalizer: global count (sequences or tokens, see the module docstring); ``None`` = local.
+
+    Returns:
+        ``(loss, stats)``: the scalar loss and detached scalar statistics ``policy_loss``,
+        ``kl`` (token mean; 0 when skipped), ``ratio_mean``, ``ratio_min``, ``ratio_max``,
+        ``clip_frac_low``, ``clip_frac_high`` (token fractions), ``num_tokens``.
+    """
+    if aggregation not in _AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+    if aggregation == "dr_grpo" and (max_len is None or max_len <= 0):
+        raise ValueError("aggregation 'dr_grpo' needs a positive constant max_len (e.g. max_new_tokens)")
+    if logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and mask {tuple(mask.shape)} differ in shape")
+    clip_high = clip_low if clip_high is None else clip_high
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low/clip_high must be >= 0, got {clip_low}, {clip_high}")
+
+    mask_f = mask.to(logprobs.dtype)  # [N, T]
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]  # [N, 1]
+    advantages = advantages.to(logprobs.dtype)
+    if old_logprobs is None:
+        old_logprobs = logprobs.detach()
+
+    ratio = torch.exp(logprobs - old_logprobs)  # [N, T]
+    clipped_ratio = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    policy_tok = -torch.minimum(ratio * advantages, clipped_ratio * advantages)  # [N, T]
+
+    use_kl = beta != 0.0 and ref_logprobs is not None
+    if use_kl:
+        kl_tok = k3_kl(logprobs, ref_logprobs)  # [N, T]
+        loss_tok = policy_tok + beta * kl_tok
+    else:
+        kl_tok = None
+        loss_tok = policy_tok
+
+    loss = _aggregate(loss_tok, mask_f, aggregation, max_len, normalizer)
+    with torch.no_grad():
+        num_tokens = mask_f.sum()
+        denom = num_tokens.clamp_min(1.0)
+        low = (ratio < 1.0 - clip_low) & (advantages < 0) & mask
+        high = (ratio > 1.0 + clip_high) & (advantages > 0) & mask
+        masked_ratio = ratio.detach()[mask]
+        empty = masked_ratio.numel() == 0
+        stats = {
+            "policy_loss": _aggregate(policy_tok.detach(), mask_f, aggregation, max_len, normalizer),
+            "kl": (kl_tok.detach() * mask_f).sum() / denom if use_kl else logprobs.new_zeros(()),
+            "ratio_mean": (ratio.detach() * mask_f).sum() / denom,
+            "ratio_min": logprobs.new_ones(()) if empty else masked_ratio.min(),
+            "ratio_max": logprobs.new_ones(()) if empty else masked_ratio.max(),
+            "clip_frac_low": low.sum() / denom,
+            "clip_frac_high": high.sum() / denom,
+            "num_tokens": num_tokens,
+        }
+    return loss, stats
+
+
+def _aggregate(
+    loss_tok: torch.Tensor,
+    mask_f: torch.Tensor,
+    aggregation: str,
+    max_len: int | None,
+    normalizer: float | torch.Tensor | None,
+) -> torch.Tensor:
+    """Reduce per-token losses ``[N, T]`` to a scalar (module docstring)."""
+    masked = loss_tok * mask_f  # [N, T]
+    if aggregation == "grpo":
+        tokens_per_seq = mask_f.sum(-1)  # [N]
+        seq_mean = masked.sum(-1) / tokens_per_seq.clamp_min(1.0)  # [N]
+        count = (tokens_per_seq > 0).sum() if normalizer is None else normalizer
+        return seq_mean.sum() / _clamp_count(count, masked)
+    if aggregation == "dapo":
+        count = mask_f.sum() if normalizer is None else normalizer
+        return masked.sum() / _clamp_count(count, masked)
+    count = (mask_f.sum(-1) > 0).sum() if normalizer is None else normalizer
+    return masked.sum() / (_clamp_count(count, masked) * max_len)
+
+
+def _clamp_count(count: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A count as a tensor >= 1 (an all-masked batch gives loss 0, not NaN)."""
+    return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp_min(1.0)
+
+
+class GRPOLoss:
+    """YAML component wrapping :func:`grpo_loss` with fixed hyper-parameters.
+
+    Args:
+        clip_low, clip_high, beta, aggregation, max_len: as in :func:`grpo_loss`.
+    """
+
+    def __init__(
+        self,
+        clip_low: float = 0.2,
+        clip_high: float | None = None,
+        beta: float = 0.0,
+        aggregation: Aggregation = "grpo",
+        max_len: int | None = None,
+    ) -> None:
+        if aggregation not in _AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {_AGGREGATIONS}, got {aggregation!r}")
+        if aggregation == "dr_grpo" and (max_len is None or max_len <= 0):
+            raise ValueError("aggregation 'dr_grpo' needs a positive constant max_len (e.g. max_new_tokens)")
+        self.clip_low = clip_low
+        self.clip_high = clip_low if clip_high is None else clip_high
+        self.beta = beta
+        self.aggregation = aggregation
+        self.max_len = max_len
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the recipe must compute reference log-probs (``beta != 0``)."""
+        return self.beta != 0.0
+
+    def __call__(
+        self,
+        logprobs: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        old_logprobs: torch.Tensor | None = None,
+        ref_logprobs: torch.Tensor | None = None,
+        normalizer: float | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return grpo_loss(
+            logprobs,
+            advantages,
+            mask,
+            old_logprobs,
+            ref_logprobs,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            beta=self.beta,
+            aggregation=self.aggregation,
+            max_len=self.max_len,
+            normalizer=normalizer,
+        )
+
+
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Summed next-token cross-entropy of the target rows (the SFT loss numerator).
+
+    The recipe divides by the GLOBAL number of target tokens of the optimizer step (all ranks, all
+    micro-batches), so N ranks x batch B give the same loss and gradient as 1 rank x batch N*B.
+    Rows are upcast to float32 ``chunk_size`` at a time to bound memory (V = 152k for Qwen).
+
+    Args:
+        logits: logits of the positions that predict a target. # [N, V]
+        targets: the target token ids. # [N]
+
+    Returns:
+        The float32 scalar sum over the N rows of -log softmax(logits)[target].
+    """
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logit rows for {targets.shape[0]} targets")
+    total = logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, logits.shape[0], chunk_size):
+        rows = logits[start : start + chunk_size].float()
+        total = total + torch.nn.functional.cross_entropy(rows, targets[start : start + chunk_size], reduction="sum")
+    return total

@@ -1,0 +1,359 @@
+import json
+
+import pytest
+import torch
+from model_fixtures import FAKE_TALKER_SHAPES, make_fake_omni_checkpoint, multimodal_batch, text_batch
+from two_ranks import run_two_ranks
+
+from merr1.components.checkpoint_io import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    checkpoint_weight_files,
+    hf_to_model_key,
+    load_full_state_dict,
+    load_hf_checkpoint,
+    model_to_hf_key,
+    read_hf_state_dict,
+    save_hf_checkpoint,
+)
+from merr1.components.models import qwen2_5_omni_thinker, qwen2_causal_lm, tiny_qwen2, tiny_thinker
+from merr1.components.tokenizer import tiny_tokenizer
+
+torch.set_num_threads(1)
+
+
+def _hf_thinker(path):
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+
+
+def _hf_qwen2(path):
+    from transformers import Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _train_step(model, batch, lr=0.5):
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+
+
+@pytest.mark.parametrize(
+    "model_key, hf_key",
+    [
+        ("model.language_model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
+        ("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+        ("model.language_model.norm.weight", "model.norm.weight"),
+        ("model.audio_tower.conv1.weight", "audio_tower.conv1.weight"),
+        ("model.audio_tower.layers.1.fc1.bias", "audio_tower.layers.1.fc1.bias"),
+        ("model.visual.blocks.0.attn.qkv.weight", "visual.blocks.0.attn.qkv.weight"),
+        ("model.visual.merger.mlp.0.weight", "visual.merger.mlp.0.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+    ],
+)
+def test_thinker_key_mapping_both_ways(model_key, hf_key):
+    assert model_to_hf_key(model_key, thinker=True) == hf_key
+    assert hf_to_model_key(hf_key, thinker=True) == model_key
+    assert hf_to_model_key(model_key, thinker=True) == model_key  # already in the model's layout
+
+
+@pytest.mark.parametrize("key", ["model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight", "lm_head.weight"])
+def test_qwen2_keys_are_unchanged(key):
+    assert model_to_hf_key(key, thinker=False) == key
+    assert hf_to_model_key(key, thinker=False) == key
+
+
+def test_save_and_reload_thinker_with_from_pretrained_identical_logits(tmp_path):
+    model = tiny_thinker(seed=1)
+    out = save_hf_checkpoint(model, tmp_path / "ckpt", dtype=torch.float32, tokenizer=tiny_tokenizer())
+    assert out == tmp_path / "ckpt"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_omni_thinker"
+    assert config["architectures"] == ["Qwen2_5OmniThinkerForConditionalGeneration"]
+    keys = set(checkpoint_weight_files(out))
+    assert "model.layers.0.self_attn.q_proj.weight" in keys and "audio_tower.conv1.weight" in keys
+    batch = multimodal_batch(model)
+    assert torch.equal(_logits(_hf_thinker(out), batch), _logits(model, batch))
+
+
+def test_save_and_reload_tied_qwen2_omits_lm_head(tmp_path):
+    model = tiny_qwen2(seed=1)
+    save_hf_checkpoint(model, tmp_path / "ckpt", dtype=torch.float32)
+    assert "lm_head.weight" not in checkpoint_weight_files(tmp_path / "ckpt")
+    reloaded = _hf_qwen2(tmp_path / "ckpt")
+    batch = text_batch()
+    assert torch.equal(_logits(reloaded, batch), _logits(model, batch))
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
+def test_save_sharded_files_with_index(tmp_path):
+    model = tiny_thinker(seed=2)
+    save_hf_checkpoint(model, tmp_path / "ckpt", dtype=torch.float32, max_shard_size_gb=100e3 / 1024**3)
+    index = json.loads((tmp_path / "ckpt" / SAFE_WEIGHTS_INDEX_NAME).read_text())
+    files = set(index["weight_map"].values())
+    assert len(files) > 1
+    assert all((tmp_path / "ckpt" / name).is_file() for name in files)
+    assert not (tmp_path / "ckpt" / SAFE_WEIGHTS_NAME).exists()
+    assert index["metadata"]["total_size"] == sum(p.numel() * 4 for p in model.state_dict().values())
+    batch = multimodal_batch(model)
+    assert torch.equal(_logits(_hf_thinker(tmp_path / "ckpt"), batch), _logits(model, batch))
+
+
+def test_save_casts_to_the_requested_dtype(tmp_path):
+    save_hf_checkpoint(tiny_qwen2(), tmp_path / "ckpt")  # default bf16
+    state_dict = read_hf_state_dict(tmp_path / "ckpt", tiny_qwen2(dtype=torch.bfloat16, device="meta"))
+    assert {t.dtype for t in state_dict.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_save_copies_tokenizer_files_from_the_source_dir(tmp_path):
+    src = save_hf_checkpoint(tiny_qwen2(), tmp_path / "src", tokenizer=tiny_tokenizer())
+    save_hf_checkpoint(tiny_qwen2(seed=5), tmp_path / "dst", copy_files_from=src)
+    assert (tmp_path / "dst" / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    assert (tmp_path / "dst" / "chat_template.jinja").is_file()
+
+
+def test_save_replaces_an_existing_dir_atomically(tmp_path):
+    target = tmp_path / "ckpt"
+    save_hf_checkpoint(tiny_qwen2(seed=1), target, dtype=torch.float32)
+    (target / "stale.txt").write_text("from the previous save")
+    save_hf_checkpoint(tiny_qwen2(seed=2), target, dtype=torch.float32)
+    assert not (target / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or old dirs left
+    batch = text_batch()
+    assert torch.equal(_logits(_hf_qwen2(target), batch), _logits(tiny_qwen2(seed=2), batch))
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    class BrokenTokenizer:
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    target = tmp_path / "ckpt"
+    save_hf_checkpoint(tiny_qwen2(seed=1), target, dtype=torch.float32)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_checkpoint(tiny_qwen2(seed=2), target, dtype=torch.float32, tokenizer=BrokenTokenizer())
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_read_wrong_checkpoint_names_the_mismatch(tmp_path):
+    save_hf_checkpoint(tiny_qwen2(), tmp_path / "qwen2")
+    with pytest.raises(ValueError, match="does not match Qwen2_5OmniThinkerForConditionalGeneration: .* missing"):
+        read_hf_state_dict(tmp_path / "qwen2", tiny_thinker(device="meta"))
+    with pytest.raises(ValueError, match="unexpected"):
+        read_hf_state_dict(tmp_path / "qwen2", tiny_qwen2(device="meta", num_hidden_layers=1))
+
+
+def test_read_without_weights_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model.safetensors.index.json or model.safetensors"):
+        checkpoint_weight_files(tmp_path)
+
+
+def test_load_full_state_dict_single_process_into_meta_model():
+    reference = tiny_thinker(seed=4)
+    model = tiny_thinker(device="meta")
+    state_dict = reference.state_dict()
+    load_full_state_dict(model, state_dict, device="cpu")
+    batch = multimodal_batch(model)
+    assert torch.equal(_logits(model, batch), _logits(reference, batch))
+
+
+def test_load_into_meta_model_keeps_tied_embeddings(tmp_path):
+    save_hf_checkpoint(tiny_qwen2(seed=4), tmp_path / "ckpt", dtype=torch.float32)
+    model = tiny_qwen2(device="meta")
+    load_hf_checkpoint(model, tmp_path / "ckpt", device="cpu")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, tiny_qwen2(seed=4).lm_head.weight)
+
+
+@pytest.mark.parametrize(
+    "state_dict, device, message",
+    [(None, "cpu", "full_state_dict is required"), ({}, None, "pass the device")],
+)
+def test_load_full_state_dict_bad_arguments(state_dict, device, message):
+    with pytest.raises(ValueError, match=message):
+        load_full_state_dict(tiny_qwen2(device="meta"), state_dict, device=device)
+
+
+# ---- full Qwen2.5-Omni write-back ------------------------------------------------------------
+
+
+@pytest.fixture
+def omni_dir(tmp_path):
+    return make_fake_omni_checkpoint(tiny_thinker(seed=8), tmp_path / "omni", tiny_tokenizer())
+
+
+def test_full_omni_write_back_replaces_only_the_thinker(omni_dir, tmp_path):
+    from safetensors import safe_open
+
+    model = qwen2_5_omni_thinker(omni_dir, dtype=torch.float32)
+    batch = multimodal_batch(model)
+    _train_step(model, batch)
+    out = save_hf_checkpoint(model, tmp_path / "omni_trained", dtype=torch.float32, omni_checkpoint_dir=omni_dir)
+
+    original_files, new_files = checkpoint_weight_files(omni_dir), checkpoint_weight_files(out)
+    assert set(new_files) == set(original_files)
+    assert (out / "config.json").read_bytes() == (omni_dir / "config.json").read_bytes()
+    assert (out / "spk_dict.pt").read_bytes() == (omni_dir / "spk_dict.pt").read_bytes()
+    assert (out / "tokenizer.json").is_file()
+    for key in FAKE_TALKER_SHAPES:
+        with safe_open(str(original_files[key]), "pt") as f_old, safe_open(str(new_files[key]), "pt") as f_new:
+            old, new = f_old.get_tensor(key), f_new.get_tensor(key)
+        assert new.dtype == torch.bfloat16 and torch.equal(new, old), key
+    assert torch.equal(_logits(qwen2_5_omni_thinker(out, dtype=torch.float32), batch), _logits(model, batch))
+    assert not torch.equal(_logits(qwen2_5_omni_thinker(omni_dir, dtype=torch.float32), batch), _logits(model, batch))
+
+
+def test_full_omni_write_back_rejects_a_different_thinker(omni_dir, tmp_path):
+    with pytest.raises(ValueError, match="does not match the Thinker"):
+        save_hf_checkpoint(tiny_thinker(num_hidden_layers=1), tmp_path / "out", omni_checkpoint_dir=omni_dir)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "model_fn, use_omni_dir, message",
+    [
+        (tiny_qwen2, True, "needs a Qwen2.5-Omni Thinker"),
+        (tiny_thinker, False, "is not a full Qwen2.5-Omni checkpoint"),
+    ],
+)
+def test_full_omni_write_back_bad_arguments(omni_dir, tmp_path, model_fn, use_omni_dir, message):
+    target = omni_dir if use_omni_dir else save_hf_checkpoint(tiny_thinker(), tmp_path / "thinker_only")
+    with pytest.raises(ValueError, match=message):
+        save_hf_checkpoint(model_fn(), tmp_path / "out", omni_checkpoint_dir=target)
+
+
+# ---- 2 ranks: load from rank 0 into a meta + sharded model, save from the sharded model --------
+
+
+def _two_rank_scenario(out: dict, thinker_dir: str, qwen2_dir: str, save_root: str) -> None:
+    import torch.distributed as dist
+
+    from merr1.components.parallel import shard_model
+
+    rank0 = dist.get_rank() == 0
+    batch = multimodal_batch(tiny_thinker(device="meta"))
+
+    # Tiny-model recipe pattern: rank 0 builds the real model, every rank a meta one; shard; broadcast.
+    full_state_dict = tiny_thinker(seed=3).state_dict() if rank0 else None
+    model = shard_model(tiny_thinker(device="meta"), param_dtype=None)
+    load_full_state_dict(model, full_state_dict, device="cpu")
+    out["seeded_logits"] = _logits(model, batch)
+    out["caller_dict_untouched"] = full_state_dict is None or all(
+        type(t) is torch.Tensor for t in full_state_dict.values()
+    )
+
+    for name, builder, checkpoint_dir, kwargs in (
+        ("thinker", qwen2_5_omni_thinker, thinker_dir, batch),
+        ("qwen2", qwen2_causal_lm, qwen2_dir, text_batch()),
+    ):
+        # Checkpoint recipe pattern: meta skeleton everywhere, shard, rank 0 reads + broadcasts.
+        model = shard_model(builder(checkpoint_dir, dtype=torch.float32, device="meta"), param_dtype=None)
+        load_hf_checkpoint(model, checkpoint_dir, device="cpu")
+        out[f"{name}_loaded_logits"] = _logits(model, kwargs)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model(**kwargs).loss.backward()
+        optimizer.step()
+        out[f"{name}_trained_logits"] = _logits(model, kwargs)
+        saved = save_hf_checkpoint(
+            model,
+            f"{save_root}/{name}",
+            dtype=torch.float32,
+            max_shard_size_gb=100e3 / 1024**3,
+            copy_files_from=checkpoint_dir,
+        )
+        out[f"{name}_returned_path"] = saved
+    out["qwen2_tied_after_step"] = model.lm_head.weight is model.model.embed_tokens.weight
+
+    # The full recipe order: float8 (+ float8 all-gather), AC, compile, shard, load from rank 0.
+    from merr1.components.parallel import apply_activation_checkpointing, apply_float8, compile_decoder_layers
+
+    full_state_dict = tiny_thinker(seed=3).state_dict() if rank0 else None
+    model = tiny_thinker(device="meta")
+    apply_float8(model, recipe="tensorwise", enable_fsdp_float8_all_gather=True, emulate=True)
+    apply_activation_checkpointing(model)
+    compile_decoder_layers(model, backend="aot_eager")
+    shard_model(model, param_dtype=None)
+    load_full_state_dict(model, full_state_dict, device="cpu")
+    out["recipe_order_loss"] = model(**batch).loss.detach()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt2")
+    save_hf_checkpoint(tiny_thinker(seed=5), root / "thinker", dtype=torch.float32, tokenizer=tiny_tokenizer())
+    save_hf_checkpoint(tiny_qwen2(seed=5), root / "qwen2", dtype=torch.float32)
+    dirs = [str(root / name) for name in ("thinker", "qwen2", "saved")]
+    results = run_two_ranks(_two_rank_scenario, root / "work", *dirs)
+    return results, root
+
+
+def test_two_ranks_load_from_rank0_equals_unsharded(two_ranks):
+    results, _ = two_ranks
+    batch = multimodal_batch(tiny_thinker(device="meta"))
+    assert torch.equal(results["seeded_logits"], _logits(tiny_thinker(seed=3), batch))
+    assert results["caller_dict_untouched"]
+
+
+@pytest.mark.parametrize(
+    "name, builder, batch_fn", [("thinker", tiny_thinker, multimodal_batch), ("qwen2", tiny_qwen2, None)]
+)
+def test_two_ranks_load_hf_checkpoint_equals_unsharded(two_ranks, name, builder, batch_fn):
+    results, _ = two_ranks
+    batch = batch_fn(tiny_thinker(device="meta")) if batch_fn else text_batch()
+    assert torch.equal(results[f"{name}_loaded_logits"], _logits(builder(seed=5), batch))
+
+
+@pytest.mark.parametrize(
+    "name, load, batch_fn", [("thinker", _hf_thinker, multimodal_batch), ("qwen2", _hf_qwen2, None)]
+)
+def test_two_ranks_save_reloads_with_from_pretrained(two_ranks, name, load, batch_fn):
+    results, root = two_ranks
+    saved = root / "saved" / name
+    assert results[f"{name}_returned_path"] == saved  # rank 0 wrote it
+    assert (saved / SAFE_WEIGHTS_INDEX_NAME).is_file()
+    batch = batch_fn(tiny_thinker(device="meta")) if batch_fn else text_batch()
+    reloaded = _logits(load(saved), batch)
+    torch.testing.assert_close(reloaded, results[f"{name}_trained_logits"], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(results[f"{name}_trained_logits"], results[f"{name}_loaded_logits"])
+
+
+def test_two_ranks_tied_embeddings_survive_sharded_training(two_ranks):
+    results, _ = two_ranks
+    assert results["qwen2_tied_after_step"]
+
+
+def test_two_ranks_full_recipe_order_loads_into_float8_compiled_sharded_model(two_ranks):
+    from merr1.components.parallel import apply_float8
+
+    results, _ = two_ranks
+    reference = tiny_thinker(seed=3)
+    apply_float8(reference, recipe="tensorwise", emulate=True)
+    batch = multimodal_batch(reference)
+    with torch.no_grad():
+        expected = reference(**batch).loss
+    torch.testing.assert_close(results["recipe_order_loss"], expected, atol=1e-5, rtol=0)
+
+
+def test_read_ignores_stored_non_persistent_buffers(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_hf_checkpoint(tiny_qwen2(seed=6), tmp_path / "ckpt", dtype=torch.float32)
+    path = tmp_path / "ckpt" / SAFE_WEIGHTS_NAME
+    tensors = load_file(str(path))
+    tensors["model.rotary_emb.inv_freq"] = torch.ones(16)  # as some old checkpoints store it
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    model = qwen2_causal_lm(tmp_path / "ckpt", dtype=torch.float32)
+    assert torch.equal(model.model.rotary_emb.inv_freq, tiny_qwen2().model.rotary_emb.inv_freq)
