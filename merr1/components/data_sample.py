@@ -1,6 +1,6 @@
 """A small, deterministic, LEARNABLE sample data set in the MER-Caption+ / MER-UniBench formats.
 
-``make_sample_data(out_dir, seed)`` writes (seconds, ~35 MB with media, ~0.5 MB text-only)::
+``make_sample_data(out_dir, seed)`` writes (about 2 s and 33 MB with media, 0.2 s and 1 MB text-only)::
 
     out_dir/
       sample_info.json                  # written last: marks a complete set; sizes, partition, stats
@@ -24,17 +24,18 @@ How it can be learned (the CPU quick start trains a tiny model from scratch on i
 - A sample has 1 (40%), 2 (40%) or 3 (20%) distinct concepts; the English subtitle holds one
   templated cue sentence per concept (e.g. "They cancelled the match again, this is so unfair!"),
   with random fillers. The label lists one word per concept, in subtitle order; the reason is one
-  short templated sentence per listed word naming the cue ("The unfair cancellation makes them
-  angry."). Media
-  are random tensors of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens;
-  one 28x28 frame pair = 1 video token, 10% of clips two pairs): they carry no signal, the
-  subtitle does.
+  short templated sentence per listed word naming the cue without the fillers ("The unfair
+  cancellation makes them angry."; reasons that copied the fillers made a tiny model garble them
+  at temperature 1 and GRPO then only learned to list fewer emotions). Media are random tensors
+  of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens; one 28x28 frame
+  pair = 1 video token, 10% of clips two pairs): they carry no signal, the subtitle does.
 - Deliberately under-covering SFT labels: for the names of the SFT partition
   (``split_sft_rl(names, num_sft_samples, partition_seed)``), 60% of the multi-emotion samples list
   only one of their emotions (reason and answer), and 10% of all SFT samples get one wrong extra
   emotion. The RL names and all evaluation sets have full labels. SFT therefore teaches the
   format and the cue -> word map but under-predicts; GRPO with recall + precision rewards can
-  then visibly raise recall (DESIGN.md, "The CPU quick start can honestly learn").
+  then visibly raise recall (DESIGN.md, "The CPU quick start can honestly learn"; measured
+  in benchmarks/RESULTS.md: held-out recall 0.83 -> 0.95 at precision 0.94 -> 0.98).
 - Evaluation sets: ``ovmerd`` (openset lists, same distribution as training), ``basic`` (one
   concept, label happy/sad/angry/worried), ``sentiment`` (MOSI-style scores: joy in [0.5, 3],
   1-2 negative concepts in [-3, -0.5], and 8% neutral subtitles with score 0, which the metric
@@ -97,9 +98,8 @@ _FILLERS: dict[str, tuple[str, ...]] = {
     "place": ("house", "hallway", "garden", "basement", "car park"),
 }
 
-# (subtitle sentence with {slot}s for fillers, the cue the reason names) per concept. Cues name the
-# sentence's situation without its fillers: the reason is a short classification of the subtitle,
-# not a copy of it (copying fillers made a tiny model garble its reasoning at temperature 1).
+# (subtitle sentence with {slot}s for fillers, the cue the reason names) per concept. A cue names the
+# sentence's situation without its fillers: the reason classifies the subtitle, it does not copy it.
 _CUES: dict[str, tuple[tuple[str, str], ...]] = {
     "joy": (
         ("We finally got the {good}, this is the best day ever!", "the good news"),
