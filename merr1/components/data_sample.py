@@ -74,7 +74,7 @@ from merr1.components.prompts import RESPONSE_FORMATS, QWEN_OMNI_SYSTEM_PROMPT, 
 log = logging.getLogger(__name__)
 
 SAMPLE_INFO = "sample_info.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the generated content changes: older sets are regenerated
 DEFAULT_NUM_TRAIN = 2600
 DEFAULT_NUM_SFT = 600
 DEFAULT_NUM_EVAL = 100
@@ -367,13 +367,26 @@ class _Stats:
 def ensure_sample_data(data_dir: str | Path, seed: int = 0, **kwargs) -> dict[str, Any]:
     """Generate the sample set into ``data_dir`` unless it is already there; return its info.
 
-    Generation goes to a temporary sibling folder renamed into place, so concurrent callers
-    (several ranks) and interrupted runs never leave a half-written set behind.
+    A set written by another generator version is replaced (with a warning). Generation goes to a
+    temporary sibling folder renamed into place, so concurrent callers (several ranks) and
+    interrupted runs never leave a half-written set behind.
     """
     data_dir = Path(data_dir)
     info_path = data_dir / SAMPLE_INFO
     if info_path.is_file():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        if info.get("generator_version") == GENERATOR_VERSION:
+            return info
+        log.warning(
+            "%s was written by sample generator version %s (current: %d); regenerating it",
+            data_dir, info.get("generator_version"), GENERATOR_VERSION,
+        )  # fmt: skip
+        stale = data_dir.with_name(f".{data_dir.name}.stale{os.getpid()}")
+        try:
+            os.replace(data_dir, stale)
+            shutil.rmtree(stale)
+        except FileNotFoundError:  # another process moved it first
+            pass
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"{data_dir} exists but holds no {SAMPLE_INFO}: not a complete sample set; remove it")
     log.info("generating the sample data set into %s (seed %d)", data_dir, seed)
