@@ -37,8 +37,8 @@ importable from here, turn lists of them into batches):
 Bad rows (duplicate name, unknown label format, empty basic label or unreadable score, missing or
 empty reason in ``sft`` mode, missing subtitle row, missing/unreadable/inconsistent media entry,
 too long) are logged with their name and reason, counted in one summary line and skipped; with
-``strict=True`` they raise ``ValueError`` instead, and so does a data set left with no sample. Missing CSV files or columns raise
-immediately (before any training starts).
+``strict=True`` they raise ``ValueError`` instead, and so does a data set left with no sample.
+Missing CSV files or columns raise immediately (before any training starts).
 
 ``max_seq_len`` (SFT): the reasoning is truncated at its end so that prompt + target fits; the
 answer is never cut. A sample whose prompt + empty reasoning + answer is still too long is
@@ -62,6 +62,7 @@ from torch.utils.data import Dataset
 
 from merr1.components import data_media
 from merr1.components.data_collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
+from merr1.components.emotion_wheel import parse_emotion_list
 from merr1.components.prompts import (
     QWEN_OMNI_SYSTEM_PROMPT,
     PromptEncoder,
@@ -129,21 +130,9 @@ class BadRowError(ValueError):
 
 
 
-def parse_openset(text: str | float | None) -> list[str]:
-    """Split a label/prediction string with the official MER-UniBench rule (METHOD section 2, step 1).
-
-    Drop one leading ``[`` and one trailing ``]``, split on ``'``, ``"`` and ``,``, strip, drop
-    empty items, lower-case. None/NaN -> [].
-    """
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return []
-    text = str(text).strip()
-    if text.startswith("["):
-        text = text[1:]
-    if text.endswith("]"):
-        text = text[:-1]
-    items = (item.strip() for item in re.split(r"['\",]", text))
-    return [item.lower().strip() for item in items if item]
+# The official MER-UniBench split rule (METHOD section 2, step 1), one implementation for labels,
+# rewards and scores.
+parse_openset = parse_emotion_list
 
 
 def parse_openset_cell(text: str) -> list[str]:

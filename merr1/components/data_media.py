@@ -18,11 +18,13 @@ video-only entries hold only their keys. Files are written atomically (temp file
 
 Audio: WhisperFeatureExtractor log-mel (16 kHz, hop 160) on the valid frames only: identical to
 the Qwen2.5-Omni processor's features (which pads to its max length) on the frames the model
-reads; clips longer than the extractor's ``n_samples`` are truncated as the processor does. Video: Qwen2.5-VL frame sampling (``fps`` frames per second, between
-``min_frames`` and ``max_frames``, a multiple of the temporal patch), ``smart_resize`` to multiples
-of patch*merge (28) within [min_pixels, max_pixels] (optionally capped per frame by a total
-token budget, as qwen-vl-utils does), bicubic resize with antialiasing (torch), rescale 1/255,
-normalize with the processor's mean/std, patchify with temporal patch 2, patch 14, merge 2.
+reads; clips longer than the extractor's ``n_samples`` are truncated as the processor does.
+
+Video: Qwen2.5-VL frame sampling (``fps`` frames per second, between ``min_frames`` and
+``max_frames``, a multiple of the temporal patch), ``smart_resize`` to multiples of patch*merge
+(28) within [min_pixels, max_pixels] (optionally capped per frame by a total token budget, as
+qwen-vl-utils does), bicubic resize with antialiasing (torch), rescale 1/255, normalize with the
+processor's mean/std, patchify with temporal patch 2, patch 14, merge 2.
 Decoding mp4 needs PyAV (the ``media`` extra: ``pip install merr1[media]``), imported lazily.
 """
 

@@ -1,6 +1,6 @@
 """A small, deterministic, LEARNABLE sample data set in the MER-Caption+ / MER-UniBench formats.
 
-``make_sample_data(out_dir, seed)`` writes (seconds, ~35 MB with media, ~0.5 MB text-only)::
+``make_sample_data(out_dir, seed)`` writes (about 2 s and 33 MB with media, 0.2 s and 1 MB text-only)::
 
     out_dir/
       sample_info.json                  # written last: marks a complete set; sizes, partition, stats
@@ -24,16 +24,18 @@ How it can be learned (the CPU quick start trains a tiny model from scratch on i
 - A sample has 1 (40%), 2 (40%) or 3 (20%) distinct concepts; the English subtitle holds one
   templated cue sentence per concept (e.g. "They cancelled the match again, this is so unfair!"),
   with random fillers. The label lists one word per concept, in subtitle order; the reason is one
-  short templated sentence per listed word ("The cancelled match makes them angry."). Media
-  are random tensors of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens;
-  one 28x28 frame pair = 1 video token, 10% of clips two pairs): they carry no signal, the
-  subtitle does.
+  short templated sentence per listed word naming the cue without the fillers ("The unfair
+  cancellation makes them angry."; reasons that copied the fillers made a tiny model garble them
+  at temperature 1 and GRPO then only learned to list fewer emotions). Media are random tensors
+  of the tiny Thinker's shapes (16 mel bins, 8-24 frames = 2-6 audio tokens; one 28x28 frame
+  pair = 1 video token, 10% of clips two pairs): they carry no signal, the subtitle does.
 - Deliberately under-covering SFT labels: for the names of the SFT partition
   (``split_sft_rl(names, num_sft_samples, partition_seed)``), 60% of the multi-emotion samples list
   only one of their emotions (reason and answer), and 10% of all SFT samples get one wrong extra
   emotion. The RL names and all evaluation sets have full labels. SFT therefore teaches the
   format and the cue -> word map but under-predicts; GRPO with recall + precision rewards can
-  then visibly raise recall (DESIGN.md, "The CPU quick start can honestly learn").
+  then visibly raise recall (DESIGN.md, "The CPU quick start can honestly learn"; measured
+  in benchmarks/RESULTS.md: held-out recall 0.83 -> 0.95 at precision 0.94 -> 0.98).
 - Evaluation sets: ``ovmerd`` (openset lists, same distribution as training), ``basic`` (one
   concept, label happy/sad/angry/worried), ``sentiment`` (MOSI-style scores: joy in [0.5, 3],
   1-2 negative concepts in [-3, -0.5], and 8% neutral subtitles with score 0, which the metric
@@ -72,7 +74,7 @@ from merr1.components.prompts import RESPONSE_FORMATS, QWEN_OMNI_SYSTEM_PROMPT, 
 log = logging.getLogger(__name__)
 
 SAMPLE_INFO = "sample_info.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the generated content changes: older sets are regenerated
 DEFAULT_NUM_TRAIN = 2600
 DEFAULT_NUM_SFT = 600
 DEFAULT_NUM_EVAL = 100
@@ -96,39 +98,40 @@ _FILLERS: dict[str, tuple[str, ...]] = {
     "place": ("house", "hallway", "garden", "basement", "car park"),
 }
 
-# (subtitle sentence, cue for the reason) per concept; {slot}s take a filler.
+# (subtitle sentence with {slot}s for fillers, the cue the reason names) per concept. A cue names the
+# sentence's situation without its fillers: the reason classifies the subtitle, it does not copy it.
 _CUES: dict[str, tuple[tuple[str, str], ...]] = {
     "joy": (
-        ("We finally got the {good}, this is the best day ever!", "getting the {good}"),
-        ("I can't stop smiling since the {event}.", "the great {event}"),
-        ("Ha ha, the {event} was so much fun!", "the fun {event}"),
-        ("My friends threw me a party for the {good}, I love them!", "a party for the {good}"),
-        ("Yes! We won the {event}!", "winning the {event}"),
-        ("Look at this {good}, it is wonderful!", "the wonderful {good}"),
+        ("We finally got the {good}, this is the best day ever!", "the good news"),
+        ("I can't stop smiling since the {event}.", "the smiling"),
+        ("Ha ha, the {event} was so much fun!", "the fun"),
+        ("My friends threw me a party for the {good}, I love them!", "the party"),
+        ("Yes! We won the {event}!", "the win"),
+        ("Look at this {good}, it is wonderful!", "the wonderful surprise"),
     ),
     "sadness": (
-        ("I miss my {person} so much.", "missing their {person}"),
-        ("Nobody came to the {event}, I sat there alone.", "being alone at the {event}"),
-        ("I lost my {thing} and nothing feels right anymore.", "losing their {thing}"),
-        ("My {person} moved away and the house feels empty.", "their {person} moving away"),
-        ("I cried all night after the {event}.", "crying after the {event}"),
-        ("It is over, I will never see my {person} again.", "losing their {person} forever"),
+        ("I miss my {person} so much.", "missing someone"),
+        ("Nobody came to the {event}, I sat there alone.", "being alone"),
+        ("I lost my {thing} and nothing feels right anymore.", "the loss"),
+        ("My {person} moved away and the house feels empty.", "the empty house"),
+        ("I cried all night after the {event}.", "the crying"),
+        ("It is over, I will never see my {person} again.", "the goodbye"),
     ),
     "anger": (
-        ("How dare you take my {thing} without asking!", "someone taking their {thing}"),
-        ("They cancelled the {event} again, this is so unfair!", "the cancelled {event}"),
-        ("Stop lying to me about the {thing}!", "the lies about the {thing}"),
+        ("How dare you take my {thing} without asking!", "the theft"),
+        ("They cancelled the {event} again, this is so unfair!", "the unfair cancellation"),
+        ("Stop lying to me about the {thing}!", "the lies"),
         ("I told you three times, why do you never listen?", "not being heard"),
-        ("Who broke my {thing}? I am sick of this!", "the broken {thing}"),
-        ("You ruined the {event} for everyone!", "the ruined {event}"),
+        ("Who broke my {thing}? I am sick of this!", "the broken things"),
+        ("You ruined the {event} for everyone!", "the ruined plans"),
     ),
     "fear": (
-        ("What if I fail the {test} tomorrow?", "failing the {test}"),
-        ("I heard footsteps outside the {place} last night.", "footsteps outside the {place}"),
-        ("My hands are shaking, the {test} starts soon.", "shaking before the {test}"),
-        ("Please don't leave me alone in this dark {place}.", "being alone in the dark {place}"),
-        ("The doctor still has not called about my {person}.", "no news about their {person}"),
-        ("Did you hear that noise in the {place}?", "a noise in the {place}"),
+        ("What if I fail the {test} tomorrow?", "the coming test"),
+        ("I heard footsteps outside the {place} last night.", "the footsteps"),
+        ("My hands are shaking, the {test} starts soon.", "the shaking hands"),
+        ("Please don't leave me alone in this dark {place}.", "the dark"),
+        ("The doctor still has not called about my {person}.", "the waiting"),
+        ("Did you hear that noise in the {place}?", "the strange noise"),
     ),
 }
 _NEUTRAL_SENTENCES = (
@@ -364,13 +367,26 @@ class _Stats:
 def ensure_sample_data(data_dir: str | Path, seed: int = 0, **kwargs) -> dict[str, Any]:
     """Generate the sample set into ``data_dir`` unless it is already there; return its info.
 
-    Generation goes to a temporary sibling folder renamed into place, so concurrent callers
-    (several ranks) and interrupted runs never leave a half-written set behind.
+    A set written by another generator version is replaced (with a warning). Generation goes to a
+    temporary sibling folder renamed into place, so concurrent callers (several ranks) and
+    interrupted runs never leave a half-written set behind.
     """
     data_dir = Path(data_dir)
     info_path = data_dir / SAMPLE_INFO
     if info_path.is_file():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        if info.get("generator_version") == GENERATOR_VERSION:
+            return info
+        log.warning(
+            "%s was written by sample generator version %s (current: %d); regenerating it",
+            data_dir, info.get("generator_version"), GENERATOR_VERSION,
+        )  # fmt: skip
+        stale = data_dir.with_name(f".{data_dir.name}.stale{os.getpid()}")
+        try:
+            os.replace(data_dir, stale)
+            shutil.rmtree(stale)
+        except FileNotFoundError:  # another process moved it first
+            pass
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"{data_dir} exists but holds no {SAMPLE_INFO}: not a complete sample set; remove it")
     log.info("generating the sample data set into %s (seed %d)", data_dir, seed)

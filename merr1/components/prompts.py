@@ -29,7 +29,9 @@ So responses are encoded as a list of *pieces* (tags and free text), each tokeni
 and concatenated: the SFT target and the fast-mode prefix then share token boundaries exactly
 (the fast prefix ids are a prefix of the ids of a target with empty reasoning), answer words always
 start on a fresh token, and the reasoning can be truncated without touching the answer. Use
-``encode_target`` / ``encode_fast_prefix`` rather than tokenizing the joined strings.
+``encode_target`` / ``encode_fast_prefix`` rather than tokenizing the joined strings. Prompts are
+encoded the same way (fixed text before the subtitle, subtitle, fixed text after it; see
+``PromptEncoder``): their ids decode to ``build_prompt(...)`` exactly.
 """
 
 from __future__ import annotations

@@ -136,6 +136,15 @@ def test_ensure_sample_data(tmp_path, caplog):
     before = _digest(target)
     assert ensure_sample_data(target) == info  # present: nothing regenerated
     assert _digest(target) == before
+    # A set from an older generator version is replaced.
+    old = json.loads((target / SAMPLE_INFO).read_text())
+    (target / SAMPLE_INFO).write_text(json.dumps({**old, "generator_version": 0}))
+    (target / "stale_marker").write_text("x")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert ensure_sample_data(target, num_train=30, num_sft_samples=5, num_eval=4, with_media=False) == info
+    assert any("regenerating" in r.message for r in caplog.records)
+    assert not (target / "stale_marker").exists() and _digest(target) == before
     other = tmp_path / "other"
     other.mkdir()
     (other / "x.txt").write_text("mine")
