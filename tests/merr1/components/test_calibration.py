@@ -172,16 +172,22 @@ def test_locate_clean_pieces(tok, table):
 
 
 def test_locate_boundary_inside_a_token(tok, table):
-    # Canonical BPE glues ">" to the first letters of the answer ("<answer>calm" -> ..., ">c", ...).
-    response = enc(tok, "<think>x</think><answer>calm, delighted</answer>")
-    assert any(t.startswith(">") and len(t) > 1 for t in tok.convert_ids_to_tokens(response))
+    # Canonical BPE may glue ">" to the first letters of the answer ("<answer>happy" -> ..., ">happy").
+    # Pick a wheel word the current tokenizer glues, so the test follows a retrained tokenizer.
+    glued_words = [
+        w for w in ("happy", "joyful", "calm", "sad", "angry", "delighted")
+        if any(t.startswith(">") and t[1:2].isalpha() for t in tok.convert_ids_to_tokens(enc(tok, f"<answer>{w}")))
+    ]
+    assert glued_words, "the tiny tokenizer glues '>' to no test word: pick another word list"
+    first = glued_words[0]
+    response = enc(tok, f"<think>x</think><answer>{first}, delighted</answer>")
     ids, mask = batch_ids([response])
     words, fast = locate_answer_words(ids, mask, table, fast_prefix=PREFIX)
-    assert words.words == ["calm", "delighted"]
+    assert words.words == [first, "delighted"]
     glued = table.spellings[words.spelling[0]]
     assert glued != "" and glued.endswith(">")
     fast_row = fast.ids[0, : fast.mask[0].sum()]
-    assert tok.decode(fast_row) == PREFIX + "calm, delighted"
+    assert tok.decode(fast_row) == PREFIX + f"{first}, delighted"
     for i in range(2):  # the same token sits at the slow and the fast position
         slow_token = ids[0, words.slow_position[i]].item()
         assert slow_token == fast_row[words.fast_position[i]].item() == words.token_id[i].item()
