@@ -47,6 +47,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,10 @@ class EvalRecipe:
         self._dtype = resolve_dtype(cfg.dtype)
         self._output_dir = Path(cfg.output_dir)
         self._seed = distributed.set_seed(cfg.seed, self._rank)
-        for key in ("batch_size", "num_workers"):
-            if not isinstance(cfg[key], int) or cfg[key] < (1 if key == "batch_size" else 0):
-                raise ValueError(f"{key} must be a {'positive' if key == 'batch_size' else 'non-negative'} integer, "
-                                 f"got {cfg[key]!r}")  # fmt: skip
+        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+        if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
         if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 1):
             raise ValueError(f"max_samples must be a positive integer or null (all), got {cfg.max_samples!r}")
         if cfg.answer_fallback not in ANSWER_FALLBACKS:
@@ -129,25 +130,24 @@ class EvalRecipe:
         self._num_workers = cfg.num_workers
         self._sentiment_mapper = config.instantiate(cfg.sentiment_mapper)
         self._model = self._setup_model(cfg)
+        tok = self._tokenizer
         self._sampling = SamplingConfig(
             max_new_tokens=cfg.sampling.max_new_tokens,
             temperature=cfg.sampling.temperature,
             top_p=cfg.sampling.top_p,
             top_k=cfg.sampling.top_k,
-            eos_token_ids=sorted(
-                {self._tokenizer.eos_token_id, self._tokenizer.convert_tokens_to_ids(IM_END), self._tokenizer.pad_token_id}
-                - {None}
-            ),
-            pad_token_id=self._tokenizer.pad_token_id,
-            stop_strings=StopStrings.from_tokenizer(self._tokenizer, list(cfg.sampling.stop_strings)),
+            eos_token_ids=sorted({tok.eos_token_id, tok.convert_tokens_to_ids(IM_END), tok.pad_token_id} - {None}),
+            pad_token_id=tok.pad_token_id,
+            stop_strings=StopStrings.from_tokenizer(tok, list(cfg.sampling.stop_strings)),
             suppress_token_ids=media_token_ids(self._model.config),
         )
         self._generator = torch.Generator(self._device).manual_seed(self._seed)
         self._table = CategoryFirstTokens(self._tokenizer) if self._diagnostics else None
         if self._is_rank_zero:
+            sets = ", ".join(f"{n}: {d['task']}, {len(d['names'])}" for n, d in self._datasets.items())
             log.info(
                 "eval: %d data sets (%s), %d ranks, %.1fM parameters, dtype %s, device %s, %s decoding",
-                len(self._datasets), ", ".join(f"{n}: {d['task']}, {len(d['names'])}" for n, d in self._datasets.items()),
+                len(self._datasets), sets,
                 self._world_size, sum(p.numel() for p in self._model.parameters()) / 1e6, cfg.dtype, self._device,
                 "greedy" if self._sampling.temperature == 0 else f"temperature {self._sampling.temperature}",
             )  # fmt: skip
@@ -164,17 +164,20 @@ class EvalRecipe:
                                  f"(set `name` in each data set's config)")  # fmt: skip
             fast_names = set(fast.names)
             names = [n for n in slow.names if n in fast_names]  # a prompt may be too long in one mode only
-            bad = {row.name: row for mode in MODES for row in by_mode[mode].bad_rows}
-            kinds: dict[str, int] = {}
-            for row in bad.values():
-                kinds[row.kind] = kinds.get(row.kind, 0) + 1
+            # Bad rows of either mode, each counted once (most are bad in both modes).
+            bad = Counter((r.name, r.kind, r.detail) for r in slow.bad_rows) | Counter(
+                (r.name, r.kind, r.detail) for r in fast.bad_rows
+            )
+            kinds = Counter()
+            for (_, kind, _), count in bad.items():
+                kinds[kind] += count
             out[name] = {
                 "task": slow.task,
                 **by_mode,
                 "names": names[: self._max_samples],
                 "labels": {r.name: r.label for r in slow.records},
-                "num_bad_rows": len(bad),
-                "bad_rows_by_kind": kinds,
+                "num_bad_rows": bad.total(),
+                "bad_rows_by_kind": dict(sorted(kinds.items())),
             }
         return out
 
@@ -185,7 +188,9 @@ class EvalRecipe:
         if cfg.checkpoint_dir is not None:
             checkpoint_io.load_hf_checkpoint(model, cfg.checkpoint_dir, self._device)
         else:  # random initialisation from the builder's seed (tiny models, smoke tests)
-            full = config.instantiate(cfg.model, dtype=self._dtype, device="cpu").state_dict() if self._is_rank_zero else None
+            full = None
+            if self._is_rank_zero:
+                full = config.instantiate(cfg.model, dtype=self._dtype, device="cpu").state_dict()
             checkpoint_io.load_full_state_dict(model, full, self._device)
         model.eval()
         model.requires_grad_(False)
@@ -253,7 +258,9 @@ class EvalRecipe:
         prompt_ids = batch["prompt_ids"].to(self._device)  # [B, P] left-padded
         prompt_mask = batch["prompt_mask"].to(self._device)  # [B, P]
         media = {k: v.to(self._device) for k, v in batch["media"].items()} if batch["media"] else None
-        rollouts = generate(self._model, prompt_ids, prompt_mask, self._sampling, media=media, generator=self._generator)
+        rollouts = generate(
+            self._model, prompt_ids, prompt_mask, self._sampling, media=media, generator=self._generator
+        )
         if self._diagnostics and entry["task"] != "sentiment":
             confidences = self._answer_start_confidence(prompt_ids, prompt_mask, media, rollouts, mode)
         else:
@@ -362,7 +369,9 @@ class EvalRecipe:
                 scores[mode]["num_finished"] = sum(r["finished"] for r in records[mode].values())
             diag = None
             if entry["task"] != "sentiment":
-                diag = evaluation.slow_fast_diagnostics(labels, records, scores, num_hard_negatives=self._num_hard_negatives)
+                diag = evaluation.slow_fast_diagnostics(
+                    labels, records, scores, num_hard_negatives=self._num_hard_negatives
+                )
             datasets[name] = {
                 "task": entry["task"],
                 "official_metric": evaluation.OFFICIAL_METRIC[entry["task"]],

@@ -108,7 +108,8 @@ def test_report_keys_ranges_and_predictions(one_rank, sample_info):
     assert list(report["datasets"]) == list(DATASETS)
     assert report["means"]["datasets"] == list(DATASETS) and report["means"]["num_datasets"] == 4
     for mean in ("mer_unibench_mean", "f1_mean"):
-        assert set(report["means"][mean]) == {"slow", "fast"} and all(map(in_unit_range, report["means"][mean].values()))
+        assert set(report["means"][mean]) == {"slow", "fast"}
+        assert all(map(in_unit_range, report["means"][mean].values()))
     expected_metric = {"ovmerd": "f1", "basic": "hit_rate", "sentiment": "waf", "basic_bad": "hit_rate"}
     for name, d in report["datasets"].items():
         assert d["official_metric"] == expected_metric[name] and d["num_samples"] == 4
@@ -198,8 +199,10 @@ def test_resume_generates_only_missing_names_and_scores_the_files(configs, sampl
     # OV-MERD+: complete hand-written answers. Fast lists every GT word, slow only the first one.
     ov_dir = SAMPLE_DIR / sample_info["eval_sets"]["ovmerd"]
     gt = {row[0]: parse_emotion_list(row[1]) for row in read_csv_rows(ov_dir / "labels.csv")[1:5]}
-    (pred / "ovmerd.slow.jsonl").write_text("".join(json.dumps(handmade(n, w[0])) + "\n" for n, w in gt.items()))
-    (pred / "ovmerd.fast.jsonl").write_text("".join(json.dumps(handmade(n, ", ".join(w))) + "\n" for n, w in gt.items()))
+    slow = [json.dumps(handmade(n, words[0])) for n, words in gt.items()]
+    fast = [json.dumps(handmade(n, ", ".join(words))) for n, words in gt.items()]
+    (pred / "ovmerd.slow.jsonl").write_text("\n".join(slow) + "\n")
+    (pred / "ovmerd.fast.jsonl").write_text("\n".join(fast) + "\n")
     ov_before = {m: (pred / f"ovmerd.{m}.jsonl").read_text() for m in ("slow", "fast")}
     # Basic, slow: two answers, then a line torn by an interrupted write.
     basic_names = first_names(SAMPLE_DIR / sample_info["eval_sets"]["basic"])
@@ -233,3 +236,15 @@ def test_resume_generates_only_missing_names_and_scores_the_files(configs, sampl
     assert g["retained_hit_rate"] == pytest.approx(4 / sum(sizes))
     assert g["num_confidence_samples"] == 0 and g["gt_confidence"] == {"slow": None, "fast": None}
     assert report["slow"]["num_answered"] == report["fast"]["num_finished"] == 4
+
+
+def test_7b_config_has_the_tiny_configs_keys():
+    """The 7B config reads the same keys as the tiny one (which the runs above exercise)."""
+    tiny = yaml.safe_load(CONFIG.read_text())
+    big = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / "qwen2_5_omni" / "7B_eval.yaml").read_text())
+    assert set(big) == set(tiny)
+    for block in ("sampling", "diagnostics"):
+        assert set(big[block]) == set(tiny[block])
+    paper_sets = ["OV-MERD+", "MER2023", "MER2024", "MELD", "IEMOCAP", "MOSI", "MOSEI", "SIMS", "SIMSv2"]
+    assert [d["name"] for d in big["datasets"]] == paper_sets
+    assert big["sentiment_mapper"]["_component_"] == "merr1.components.sentiment.LLMSentimentMapper"

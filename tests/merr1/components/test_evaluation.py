@@ -20,7 +20,8 @@ NAN = float("nan")
 
 def test_prediction_path(tmp_path):
     assert prediction_path(tmp_path, "MER2023", "slow") == tmp_path / "predictions" / "MER2023.slow.jsonl"
-    assert prediction_path(tmp_path, "MOSI", "fast", "sentiment") == tmp_path / "predictions" / "MOSI.fast.sentiment.jsonl"
+    expected = tmp_path / "predictions" / "MOSI.fast.sentiment.jsonl"
+    assert prediction_path(tmp_path, "MOSI", "fast", "sentiment") == expected
 
 
 def test_append_then_load_round_trip(tmp_path):
@@ -74,7 +75,8 @@ def test_score_mode_per_task():
     assert out["official"] == out["hit_rate"] == 0.5
     # Basic F1: P = mean(1/2, 0) = 0.25, R = mean(1, 0) = 0.5 on every wheel.
     assert out["f1"] == pytest.approx(2 * 0.25 * 0.5 / 0.75)
-    out = score_mode("sentiment", {"s1": 1.0, "s2": -2.0, "s3": 0.0}, {}, {"s1": "positive", "s2": "neutral", "s3": "x"})
+    sentiments = {"s1": "positive", "s2": "neutral", "s3": "x"}
+    out = score_mode("sentiment", {"s1": 1.0, "s2": -2.0, "s3": 0.0}, {}, sentiments)
     assert out["official"] == out["waf"] == out["f1"] == 1.0 and out["num_nonzero"] == 2
     out = score_mode("sentiment", {"s1": 0.0}, {}, {"s1": "positive"})
     assert math.isnan(out["waf"])
@@ -97,10 +99,13 @@ def test_slow_fast_diagnostics_and_tables():
     # Sample words map to one category per wheel, distinct per concept (the sample data's design).
     labels = {"s1": "['happy', 'angry']", "s2": "['sad']"}
     conf = [-1.0] * 31
+    def rec(answer, log_conf):
+        return {"answer": answer, "answer_start_log_conf": log_conf}
+
     records = {
-        "slow": {"s1": {"answer": "happy", "answer_start_log_conf": conf}, "s2": {"answer": "sad", "answer_start_log_conf": None}},
-        "fast": {"s1": {"answer": "happy, angry", "answer_start_log_conf": conf}, "s2": {"answer": None, "answer_start_log_conf": conf}},
-    }  # fmt: skip
+        "slow": {"s1": rec("happy", conf), "s2": rec("sad", None)},
+        "fast": {"s1": rec("happy, angry", conf), "s2": rec(None, conf)},
+    }
     scores = {
         mode: score_mode("ovmerd", labels, {n: r["answer"] or "" for n, r in records[mode].items()}) for mode in records
     }
@@ -114,12 +119,14 @@ def test_slow_fast_diagnostics_and_tables():
     assert out["gt_confidence"] == {"slow": -1.0, "fast": -1.0}
     assert out["confidence_margin"] == {"slow": 0.0, "fast": 0.0}
 
+    senti = {"slow": {"official": NAN, "f1": NAN}, "fast": {"official": 0.5, "f1": 0.5}}
     report = {
-        "datasets": {"ov": {"task": "ovmerd", **scores, "diagnostics": out},
-                     "senti": {"task": "sentiment", "slow": {"official": NAN, "f1": NAN}, "fast": {"official": 0.5, "f1": 0.5},
-                               "diagnostics": None}},
-        "means": benchmark_means({"ov": scores, "senti": {"slow": {"official": NAN, "f1": NAN}, "fast": {"official": 0.5, "f1": 0.5}}}),
-    }  # fmt: skip
+        "datasets": {
+            "ov": {"task": "ovmerd", **scores, "diagnostics": out},
+            "senti": {"task": "sentiment", **senti, "diagnostics": None},
+        },
+        "means": benchmark_means({"ov": scores, "senti": senti}),
+    }
     text = format_tables(report)
     assert "ov " in text and "WAF" in text and "mean (2 sets)" in text
     assert "75.00" in text  # slow recall in percent
