@@ -19,8 +19,11 @@ What a demanding user should know:
   fsynced). Only rank 0 touches the output folder.
 - Resume: a rerun with the same ``output_dir`` reads the prediction files back, keeps every
   well-formed record of a known name (a torn last line, duplicates and stale names are dropped
-  with a warning) and generates only the missing names (``resume: false`` starts over).
-  Scores are always recomputed from the files, so a finished run can be re-scored for free.
+  with a warning) and generates only the missing names (``resume: false`` deletes them and
+  starts over). Scores are always recomputed from the files, so a finished run can be re-scored
+  (or given more data sets) for free. The run refuses to resume answers made with another model
+  config, ``checkpoint_dir``, dtype, seed, sampling or data set config
+  (``predictions/settings.json``); a re-trained checkpoint at the same path is not detected.
 - A record: ``name``, ``response`` (the full response: prefill + generated text, special tokens
   removed), ``answer`` (``extract_answer`` of the response, null without one), ``words``
   (its parsed emotion words), ``finished`` (stopped at ``</answer>`` or EOS within
@@ -45,6 +48,7 @@ import gc
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections import Counter
@@ -120,12 +124,14 @@ class EvalRecipe:
 
     # ------------------------------------------------------------------------------- setup
     def setup(self, cfg: DictConfig) -> None:
+        cfg_dict = OmegaConf.to_container(cfg, resolve=True)
         if self._is_rank_zero:
             self._output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(OmegaConf.to_container(cfg, resolve=True), self._output_dir / "config.yaml")
+            save_config(cfg_dict, self._output_dir / "config.yaml")
         self._tokenizer = config.instantiate(cfg.tokenizer)
         # Data first: a missing file or a bad row (strict) fails before the model is built.
         self._datasets = self._setup_datasets(cfg)
+        self._check_settings(evaluation.generation_settings(cfg_dict, list(self._datasets)))
         self._collator = config.instantiate(cfg.collator, self._tokenizer)
         self._num_workers = cfg.num_workers
         self._sentiment_mapper = config.instantiate(cfg.sentiment_mapper)
@@ -181,6 +187,32 @@ class EvalRecipe:
             }
         return out
 
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        """Stored predictions must come from the same settings (``evaluation`` module docstring).
+
+        Rank 0 decides (and with ``resume: false`` deletes the old predictions); every rank raises.
+        """
+        folder = self._output_dir / "predictions"
+        problem = None
+        if self._is_rank_zero:
+            if not self._resume:
+                shutil.rmtree(folder, ignore_errors=True)
+            path = folder / evaluation.SETTINGS_FILE
+            old = {"generation": settings["generation"], "datasets": {}}
+            if path.is_file():
+                old = json.loads(path.read_text())
+            mismatch = evaluation.settings_mismatch(old, settings)
+            if mismatch:
+                problem = (f"{folder} holds answers made with other settings ({'; '.join(mismatch)}): use another "
+                           f"output_dir, or resume=false to delete them and start over")  # fmt: skip
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                merged = {"generation": settings["generation"], "datasets": {**old["datasets"], **settings["datasets"]}}
+                atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+        problem = self._broadcast(problem)
+        if problem:
+            raise ValueError(problem)
+
     def _setup_model(self, cfg: DictConfig) -> torch.nn.Module:
         # Skeleton on every rank; rank 0 reads the weights and broadcasts them (no FSDP: each rank
         # keeps the whole model for its own shard of the data).
@@ -217,8 +249,6 @@ class EvalRecipe:
         names = entry["names"]
         done: list[str] = []
         if self._is_rank_zero:
-            if not self._resume:
-                path.unlink(missing_ok=True)
             done = list(evaluation.load_records(path, set(entry[mode].names), ("name", "response", "answer")))
         done_set = set(self._broadcast(done))
         missing = [n for n in names if n not in done_set]

@@ -10,6 +10,13 @@ known name and drops (with a warning naming the line and the reason) torn or mal
 records of names the data set no longer has, and duplicates; if anything was dropped, or the last
 line has no newline, the file is rewritten atomically with exactly the kept lines first.
 
+Settings, ``{output_dir}/predictions/settings.json``: what the stored answers depend on (the
+model and tokenizer configs, ``checkpoint_dir``, dtype, seed, sampling, answer fallback,
+diagnostics, and each data set's config except ``strict``). Resuming with other settings would
+mix answers of two models or decodings, so ``settings_mismatch`` lists the differences and the
+recipe refuses to resume. A re-trained checkpoint written to the SAME path is not detected: use a
+new ``output_dir`` (or ``resume: false``) for it.
+
 Metrics (METHOD section 3, via ``merr1.score``), per data set and mode:
 
 - fine-grained (``ovmerd``): official = OV-MERD+ F1 (``score_ovmerd``), with precision/recall;
@@ -124,6 +131,42 @@ def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
     """Replace ``path`` by these records (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+
+
+SETTINGS_FILE = "settings.json"
+GENERATION_KEYS = (
+    "checkpoint_dir", "tokenizer", "model", "dtype", "seed", "sampling", "answer_fallback", "diagnostics",
+)  # fmt: skip
+
+
+def generation_settings(cfg: Mapping[str, Any], dataset_names: Sequence[str]) -> dict[str, Any]:
+    """The settings the answers depend on (module docstring), from the resolved config dict.
+
+    Args:
+        cfg: the recipe's config as plain types (``OmegaConf.to_container(cfg, resolve=True)``).
+        dataset_names: the data sets' names, in the order of ``cfg["datasets"]``.
+    """
+    datasets = {
+        name: {key: value for key, value in ds.items() if key != "strict"}
+        for name, ds in zip(dataset_names, cfg["datasets"])
+    }
+    return {"generation": {key: cfg[key] for key in GENERATION_KEYS}, "datasets": datasets}
+
+
+def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Differences between stored and current ``generation_settings`` (data sets only present in
+    one of them are no difference: adding a data set to a finished run is fine)."""
+    problems = [
+        f"{key}: {old['generation'].get(key)!r} -> {new['generation'][key]!r}"
+        for key in GENERATION_KEYS
+        if old["generation"].get(key) != new["generation"][key]
+    ]
+    problems += [
+        f"data set {name}: {old['datasets'][name]!r} -> {ds!r}"
+        for name, ds in new["datasets"].items()
+        if name in old["datasets"] and old["datasets"][name] != ds
+    ]
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ from merr1.components.evaluation import (
     append_records,
     benchmark_means,
     format_tables,
+    generation_settings,
     load_records,
     prediction_path,
     score_mode,
+    settings_mismatch,
     slow_fast_diagnostics,
 )
 
@@ -131,3 +133,19 @@ def test_slow_fast_diagnostics_and_tables():
     assert "ov " in text and "WAF" in text and "mean (2 sets)" in text
     assert "75.00" in text  # slow recall in percent
     assert text.count("\n") == 8  # 2 header lines + 2 data sets + mean, blank, 2 header lines + 1 row
+
+
+def test_settings_mismatch():
+    cfg = {
+        "checkpoint_dir": "a/hf", "tokenizer": {"x": 1}, "model": {"m": 1}, "dtype": "bf16", "seed": 0,
+        "sampling": {"temperature": 0.0}, "answer_fallback": "none", "diagnostics": {"enabled": True},
+        "datasets": [{"_component_": "d", "data_dir": "p", "strict": False}], "batch_size": 8,
+    }  # fmt: skip
+    old = generation_settings(cfg, ["ov"])
+    assert old["datasets"] == {"ov": {"_component_": "d", "data_dir": "p"}}  # strict does not change answers
+    same = dict(cfg, batch_size=1, datasets=[dict(cfg["datasets"][0], strict=True), {"_component_": "e"}])
+    assert settings_mismatch(old, generation_settings(same, ["ov", "new"])) == []  # a data set may be added
+    other = dict(cfg, checkpoint_dir="b/hf", sampling={"temperature": 1.0}, datasets=[{"_component_": "d", "data_dir": "q"}])
+    problems = settings_mismatch(old, generation_settings(other, ["ov"]))
+    assert len(problems) == 3
+    assert problems[0] == "checkpoint_dir: 'a/hf' -> 'b/hf'" and problems[2].startswith("data set ov:")
