@@ -1,0 +1,322 @@
+"""Evaluation helpers (issue 7): prediction files, scores per data set and mode, the benchmark
+means, slow-vs-fast diagnostics per data set, and the printed tables. ``recipes/eval_mer.py``
+calls these; everything here is plain Python on records (dicts) and runs on rank 0.
+
+Prediction files, ``{output_dir}/predictions/<dataset>.<mode>.jsonl``: one JSON object per
+sample (``name``, ``response``, ``answer``, ...; see the recipe). Appending a batch writes whole
+lines, then flushes and fsyncs, so an interrupted run leaves at most one torn last line.
+``load_records`` reads a file back for resuming: it keeps the first well-formed record of every
+known name and drops (with a warning naming the line and the reason) torn or malformed lines,
+records of names the data set no longer has, and duplicates; if anything was dropped, or the last
+line has no newline, the file is rewritten atomically with exactly the kept lines first.
+
+Settings, ``{output_dir}/predictions/settings.json``: what the stored answers depend on (the
+model and tokenizer configs, ``checkpoint_dir``, dtype, seed, sampling, answer fallback,
+diagnostics, and each data set's config except ``strict``). Resuming with other settings would
+mix answers of two models or decodings, so ``settings_mismatch`` lists the differences and the
+recipe refuses to resume. A re-trained checkpoint written to the SAME path is not detected: use a
+new ``output_dir`` (or ``resume: false``) for it.
+
+Metrics (METHOD section 3, via ``merr1.score``), per data set and mode:
+
+- fine-grained (``ovmerd``): official = OV-MERD+ F1 (``score_ovmerd``), with precision/recall;
+- basic emotion (``basic``): official = hit rate (``score_hitrate``); ``f1``, ``precision``,
+  ``recall`` = the paper's F1 re-evaluation (``score_basic_f1``);
+- sentiment (``sentiment``): official = WAF (``score_sentiment`` on the mapped sentiments), with
+  accuracy; ``f1`` = the WAF (a weighted F1 already). A set whose GT scores are all 0 has no WAF
+  (NaN, with a warning) instead of failing the whole report.
+
+Benchmark means (METHOD section 6): ``mer_unibench_mean`` = the plain mean over the data sets of
+this run of their official metric (the paper's "MER-UniBench mean" when the nine sets OV-MERD+,
+MER2023, MER2024, MELD, IEMOCAP, MOSI, MOSEI, SIMS, SIMSv2 are all present); ``f1_mean`` = the
+same with F1 everywhere (the paper's slow-vs-fast "R-Mean": basic sets by their F1, sentiment by
+WAF). A NaN metric makes its mean NaN. Values are fractions in [0, 1]; the tables print percent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merr1.components import diagnostics
+from merr1.components.emotion_wheel import EmotionWheels
+from merr1.components.metric_logging import atomic_write_text, fsync_dir
+from merr1.score import score_basic_f1, score_hitrate, score_ovmerd, score_sentiment
+
+log = logging.getLogger(__name__)
+
+MODES = ("slow", "fast")
+TASKS = ("ovmerd", "basic", "sentiment")
+OFFICIAL_METRIC = {"ovmerd": "f1", "basic": "hit_rate", "sentiment": "waf"}
+PAPER_DATASETS = ("OV-MERD+", "MER2023", "MER2024", "MELD", "IEMOCAP", "MOSI", "MOSEI", "SIMS", "SIMSv2")
+_NAN = float("nan")
+_MAX_LOGGED_PROBLEMS = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction files
+
+
+def prediction_path(output_dir: str | Path, dataset: str, mode: str, kind: str = "") -> Path:
+    """``{output_dir}/predictions/<dataset>.<mode>[.<kind>].jsonl``."""
+    suffix = f".{kind}" if kind else ""
+    return Path(output_dir) / "predictions" / f"{dataset}.{mode}{suffix}.jsonl"
+
+
+def load_records(path: Path, known_names: Collection[str], required: Sequence[str] = ("name",)) -> dict[str, dict]:
+    """Read a prediction file for resuming (module docstring); missing file -> {}.
+
+    Args:
+        path: the JSONL file.
+        known_names: names a record may have (the data set's names).
+        required: keys every record must have.
+
+    Returns:
+        name -> record, in file order (the first well-formed record of each known name).
+    """
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    records: dict[str, dict] = {}
+    kept_lines: list[str] = []
+    problems: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"line {lineno}: not valid JSON (torn write?)")
+            continue
+        if not isinstance(record, dict) or any(key not in record for key in required):
+            problems.append(f"line {lineno}: not an object with keys {list(required)}")
+        elif record["name"] not in known_names:
+            problems.append(f"line {lineno}: name {record['name']!r} is not in the data set")
+        elif record["name"] in records:
+            problems.append(f"line {lineno}: duplicate name {record['name']!r}")
+        else:
+            records[record["name"]] = record
+            kept_lines.append(line)
+    if problems:
+        shown = "; ".join(problems[:_MAX_LOGGED_PROBLEMS])
+        more = f" (+{len(problems) - _MAX_LOGGED_PROBLEMS} more)" if len(problems) > _MAX_LOGGED_PROBLEMS else ""
+        log.warning("%s: dropped %d line(s): %s%s", path, len(problems), shown, more)
+    if problems or not text.endswith("\n"):
+        atomic_write_text(path, "".join(line + "\n" for line in kept_lines))
+    return records
+
+
+def append_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append records as JSON lines, then flush and fsync (creates the file and its folder)."""
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not path.exists()
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+    if new_file:
+        fsync_dir(path.parent)
+
+
+def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Replace ``path`` by these records (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records))
+
+
+SETTINGS_FILE = "settings.json"
+GENERATION_KEYS = (
+    "checkpoint_dir", "tokenizer", "model", "dtype", "seed", "sampling", "answer_fallback", "diagnostics",
+)  # fmt: skip
+
+
+def generation_settings(cfg: Mapping[str, Any], dataset_names: Sequence[str]) -> dict[str, Any]:
+    """The settings the answers depend on (module docstring), from the resolved config dict.
+
+    Args:
+        cfg: the recipe's config as plain types (``OmegaConf.to_container(cfg, resolve=True)``).
+        dataset_names: the data sets' names, in the order of ``cfg["datasets"]``.
+    """
+    datasets = {
+        name: {key: value for key, value in ds.items() if key != "strict"}
+        for name, ds in zip(dataset_names, cfg["datasets"])
+    }
+    return {"generation": {key: cfg[key] for key in GENERATION_KEYS}, "datasets": datasets}
+
+
+def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Differences between stored and current ``generation_settings`` (data sets only present in
+    one of them are no difference: adding a data set to a finished run is fine)."""
+    problems = [
+        f"{key}: {old['generation'].get(key)!r} -> {new['generation'][key]!r}"
+        for key in GENERATION_KEYS
+        if old["generation"].get(key) != new["generation"][key]
+    ]
+    problems += [
+        f"data set {name}: {old['datasets'][name]!r} -> {ds!r}"
+        for name, ds in new["datasets"].items()
+        if name in old["datasets"] and old["datasets"][name] != ds
+    ]
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def score_mode(
+    task: str,
+    labels: Mapping[str, Any],
+    answers: Mapping[str, str],
+    sentiments: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Scores of one data set in one mode.
+
+    Args:
+        task: "ovmerd", "basic" or "sentiment".
+        labels: name -> GT (openset cell, basic label, or sentiment score), in data set order.
+        answers: name -> extracted answer string ("" when there is none).
+        sentiments: name -> mapped sentiment (sentiment sets only).
+
+    Returns:
+        ``{"official": ..., "f1": ..., <metric-specific keys>}`` (module docstring).
+    """
+    if task == "ovmerd":
+        s = score_ovmerd(answers, labels)
+        return {"official": s["f1"], "f1": s["f1"], "precision": s["precision"], "recall": s["recall"]}
+    if task == "basic":
+        hit = score_hitrate(answers, labels)
+        s = score_basic_f1(answers, labels)
+        return {
+            "official": hit["hit_rate"], "hit_rate": hit["hit_rate"],
+            "f1": s["f1"], "precision": s["precision"], "recall": s["recall"],
+        }  # fmt: skip
+    if task == "sentiment":
+        if sentiments is None:
+            raise ValueError("sentiment sets need the mapped sentiments")
+        if all(score == 0 for score in labels.values()):
+            log.warning("every GT sentiment score is 0: WAF and accuracy are undefined (NaN)")
+            return {"official": _NAN, "waf": _NAN, "accuracy": _NAN, "f1": _NAN, "num_nonzero": 0}
+        s = score_sentiment(sentiments, labels)
+        return {"official": s["waf"], "waf": s["waf"], "accuracy": s["accuracy"], "f1": s["waf"],
+                "num_nonzero": s["n_nonzero"]}  # fmt: skip
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def benchmark_means(datasets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """MER-UniBench mean (official metrics) and F1 mean over the data sets, per mode.
+
+    Args:
+        datasets: data set name -> its report (with ``{"slow": {...}, "fast": {...}}`` scores).
+    """
+    out: dict[str, Any] = {"datasets": list(datasets), "num_datasets": len(datasets)}
+    for key, field in (("mer_unibench_mean", "official"), ("f1_mean", "f1")):
+        out[key] = {
+            mode: (sum(d[mode][field] for d in datasets.values()) / len(datasets) if datasets else _NAN)
+            for mode in MODES
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics of one data set (METHOD section 6; definitions in merr1.components.diagnostics)
+
+
+def slow_fast_diagnostics(
+    labels: Mapping[str, Any],
+    records: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    scores: Mapping[str, Mapping[str, Any]],
+    wheels: EmotionWheels | None = None,
+    num_hard_negatives: int = diagnostics.NUM_HARD_NEGATIVES,
+) -> dict[str, Any]:
+    """Recall/precision gaps, predicted-category counts, GT confidence and margin, retained hits.
+
+    Args:
+        labels: name -> GT label (data sets with emotion labels: ovmerd, basic).
+        records: mode -> name -> prediction record (``answer``, ``answer_start_log_conf``).
+        scores: mode -> ``score_mode`` output (precision/recall).
+        wheels: default ``EmotionWheels.load()``.
+        num_hard_negatives: size of the margin's hard-negative set.
+    """
+    wheels = wheels or EmotionWheels.load()
+    names = list(labels)
+    gt = [wheels.map_text_packed(labels[n]) for n in names]
+    pred = {mode: [wheels.map_text_packed(records[mode][n]["answer"] or "") for n in names] for mode in MODES}
+    out: dict[str, Any] = {}
+    for metric in ("recall", "precision"):
+        slow, fast = scores["slow"][metric], scores["fast"][metric]
+        out[metric] = {"slow": slow, "fast": fast, "gap": slow - fast}  # gap = slow - fast
+    out["mean_num_categories"] = {mode: diagnostics.mean_num_categories(gt, pred[mode])["mean"] for mode in MODES}
+    out["retained_hit_rate"] = diagnostics.retained_hit_rate(gt, pred["fast"], pred["slow"])["mean"]
+
+    # Confidences on the samples with an answer start in both modes (paired comparison).
+    both = [i for i, n in enumerate(names) if all(records[m][n].get("answer_start_log_conf") for m in MODES)]
+    num_categories = [len(wheels.categories(k)) for k in range(wheels.NUM_WHEELS)]
+    out["num_confidence_samples"] = len(both)
+    for key in ("gt_confidence", "confidence_margin"):
+        out[key] = {mode: _NAN for mode in MODES}
+    if both:
+        gt_mask = diagnostics.flat_category_mask([gt[i] for i in both], num_categories)  # [M, C]
+        for mode in MODES:
+            conf = torch.tensor([records[mode][names[i]]["answer_start_log_conf"] for i in both])  # [M, C]
+            summary = diagnostics.confidence_summary(conf, gt_mask, num_categories, num_hard_negatives)
+            out["gt_confidence"][mode] = summary["gt_confidence"]
+            out["confidence_margin"][mode] = summary["margin"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _num(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_tables(report: Mapping[str, Any]) -> str:
+    """The paper-style tables: scores (Tables 1 and 3) and the slow-vs-fast diagnostics."""
+    metric_names = {"f1": "F1", "hit_rate": "hit rate", "waf": "WAF"}
+    rows = [f"{'data set':<18} {'task':<10} {'metric':<9} {'slow':>7} {'fast':>7} | {'F1 slow':>7} {'F1 fast':>7}"]
+    for name, d in report["datasets"].items():
+        rows.append(
+            f"{name:<18} {d['task']:<10} {metric_names[OFFICIAL_METRIC[d['task']]]:<9} "
+            f"{_pct(d['slow']['official']):>7} {_pct(d['fast']['official']):>7} | "
+            f"{_pct(d['slow']['f1']):>7} {_pct(d['fast']['f1']):>7}"
+        )
+    means = report["means"]
+    rows.append(
+        f"{'mean (' + str(means['num_datasets']) + ' sets)':<18} {'':<10} {'official':<9} "
+        f"{_pct(means['mer_unibench_mean']['slow']):>7} {_pct(means['mer_unibench_mean']['fast']):>7} | "
+        f"{_pct(means['f1_mean']['slow']):>7} {_pct(means['f1_mean']['fast']):>7}"
+    )
+    lines = ["MER-UniBench scores (%), greedy slow vs fast thinking", *rows]
+    diag = {name: d["diagnostics"] for name, d in report["datasets"].items() if d.get("diagnostics")}
+    if diag:
+        lines += ["", "Slow vs fast diagnostics (recall/precision in %, gap = slow - fast; log-confidences in nats)"]
+        lines.append(
+            f"{'data set':<18} {'R slow':>7} {'R fast':>7} {'gap':>6} {'P slow':>7} {'P fast':>7} {'gap':>6} "
+            f"{'#cat s':>6} {'#cat f':>6} {'conf s':>7} {'conf f':>7} {'marg s':>7} {'marg f':>7} {'retain':>7}"
+        )
+        for name, g in diag.items():
+            lines.append(
+                f"{name:<18} {_pct(g['recall']['slow']):>7} {_pct(g['recall']['fast']):>7} "
+                f"{_pct(g['recall']['gap']):>6} {_pct(g['precision']['slow']):>7} {_pct(g['precision']['fast']):>7} "
+                f"{_pct(g['precision']['gap']):>6} {_num(g['mean_num_categories']['slow']):>6} "
+                f"{_num(g['mean_num_categories']['fast']):>6} {_num(g['gt_confidence']['slow']):>7} "
+                f"{_num(g['gt_confidence']['fast']):>7} {_num(g['confidence_margin']['slow']):>7} "
+                f"{_num(g['confidence_margin']['fast']):>7} {_pct(g['retained_hit_rate']):>7}"
+            )
+    return "\n".join(lines)
