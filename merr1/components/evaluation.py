@@ -320,3 +320,68 @@ def format_tables(report: Mapping[str, Any]) -> str:
                 f"{_num(g['confidence_margin']['fast']):>7} {_pct(g['retained_hit_rate']):>7}"
             )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing runs (the quick start's final table: SFT vs GRPO, slow vs fast)
+
+
+def training_reward_summary(metrics: Sequence[Mapping[str, Any]], window: int = 10) -> dict[str, dict[str, float]]:
+    """Mean of each ``reward/<name>/mean`` over the first and the last ``window`` logged steps.
+
+    Args:
+        metrics: the GRPO recipe's ``metrics.jsonl`` rows, in step order.
+
+    Returns:
+        reward name -> {"first": ..., "last": ..., "change": last - first}.
+    """
+    if len(metrics) < 2:
+        raise ValueError(f"need at least 2 logged steps to compare, got {len(metrics)}")
+    window = min(window, len(metrics) // 2)
+    names = sorted(k[len("reward/") : -len("/mean")] for k in metrics[0] if k.startswith("reward/") and k.endswith("/mean"))
+    out = {}
+    for name in names:
+        values = [row[f"reward/{name}/mean"] for row in metrics]
+        first, last = sum(values[:window]) / window, sum(values[-window:]) / window
+        out[name] = {"first": first, "last": last, "change": last - first}
+    return out
+
+
+def compare_reports(reports: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (data set, metric) with the value of every run and mode.
+
+    Args:
+        reports: run name (e.g. "sft", "grpo") -> ``report.json`` of ``recipes/eval_mer.py``.
+
+    Returns:
+        rows ``{"data set", "metric", "<run> <mode>": value, ...}`` (values in [0, 1] or NaN):
+        each set's official metric, its recall and precision (fine-grained/basic sets), and the
+        MER-UniBench mean.
+    """
+    first = next(iter(reports.values()))
+    rows = []
+    for name, d in first["datasets"].items():
+        metrics = [("official", f"{OFFICIAL_METRIC[d['task']]}")]
+        if d["task"] != "sentiment":
+            metrics += [("recall", "recall"), ("precision", "precision")]
+        for key, label in metrics:
+            row: dict[str, Any] = {"data set": name, "metric": label}
+            for run, report in reports.items():
+                for mode in MODES:
+                    row[f"{run} {mode}"] = report["datasets"][name][mode].get(key, _NAN)
+            rows.append(row)
+    row = {"data set": f"mean ({first['means']['num_datasets']} sets)", "metric": "official"}
+    for run, report in reports.items():
+        for mode in MODES:
+            row[f"{run} {mode}"] = report["means"]["mer_unibench_mean"][mode]
+    rows.append(row)
+    return rows
+
+
+def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``compare_reports`` rows as a fixed-width table (percentages)."""
+    columns = [k for k in rows[0] if k not in ("data set", "metric")]
+    lines = [f"{'data set':<16} {'metric':<10} " + " ".join(f"{c:>10}" for c in columns)]
+    for row in rows:
+        lines.append(f"{row['data set']:<16} {row['metric']:<10} " + " ".join(f"{_pct(row[c]):>10}" for c in columns))
+    return "\n".join(lines)

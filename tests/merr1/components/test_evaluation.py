@@ -149,3 +149,43 @@ def test_settings_mismatch():
     problems = settings_mismatch(old, generation_settings(other, ["ov"]))
     assert len(problems) == 3
     assert problems[0] == "checkpoint_dir: 'a/hf' -> 'b/hf'" and problems[2].startswith("data set ov:")
+
+
+def _report(ovmerd_slow, ovmerd_fast, mean_slow, mean_fast):
+    def scores(value):
+        return {"official": value, "f1": value, "recall": value, "precision": 1.0}
+
+    return {
+        "datasets": {
+            "ovmerd": {"task": "ovmerd", "slow": scores(ovmerd_slow), "fast": scores(ovmerd_fast)},
+            "sentiment": {"task": "sentiment", "slow": {"official": 0.9, "f1": 0.9}, "fast": {"official": 0.5, "f1": 0.5}},
+        },
+        "means": {"num_datasets": 2, "mer_unibench_mean": {"slow": mean_slow, "fast": mean_fast}},
+    }
+
+
+def test_compare_reports_rows_and_table():
+    from merr1.components.evaluation import compare_reports, format_comparison
+
+    rows = compare_reports({"sft": _report(0.5, 0.25, 0.7, 0.375), "grpo": _report(0.75, 0.5, 0.825, 0.5)})
+    assert [(r["data set"], r["metric"]) for r in rows] == [
+        ("ovmerd", "f1"), ("ovmerd", "recall"), ("ovmerd", "precision"), ("sentiment", "waf"), ("mean (2 sets)", "official"),
+    ]
+    assert rows[0] == {"data set": "ovmerd", "metric": "f1", "sft slow": 0.5, "sft fast": 0.25, "grpo slow": 0.75, "grpo fast": 0.5}
+    assert rows[-1]["grpo slow"] == 0.825
+    table = format_comparison(rows)
+    assert "sft slow" in table.splitlines()[0] and "82.50" in table.splitlines()[-1]
+
+
+def test_training_reward_summary_first_and_last_window():
+    from merr1.components.evaluation import training_reward_summary
+
+    rows = [{"step": i, "reward/recall/mean": i / 10, "reward/format/mean": 1.0, "loss": 0.0} for i in range(1, 11)]
+    summary = training_reward_summary(rows, window=3)
+    assert summary["recall"]["first"] == pytest.approx(0.2) and summary["recall"]["last"] == pytest.approx(0.9)
+    assert summary["recall"]["change"] == pytest.approx(0.7)
+    assert summary["format"] == {"first": 1.0, "last": 1.0, "change": 0.0}
+    assert set(summary) == {"recall", "format"}
+    assert training_reward_summary(rows[:4], window=10)["recall"]["first"] == pytest.approx(0.15)  # window halves
+    with pytest.raises(ValueError, match="at least 2"):
+        training_reward_summary(rows[:1])
