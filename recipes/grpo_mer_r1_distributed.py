@@ -48,13 +48,7 @@ from tqdm import tqdm
 from merr1.components import checkpoint_io, distributed, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.data import PromptCollator, collate_media
-from merr1.components.generation import (
-    SamplingConfig,
-    StopStrings,
-    generate,
-    media_token_ids,
-    repeat_media,
-)
+from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
 from merr1.components.metric_logging import MetricLogger, SampleLogger, format_metrics, save_config
 from merr1.components.models import is_thinker, logits_only_at, resolve_dtype
 from merr1.components.optim import clip_grad_norm
@@ -264,14 +258,11 @@ class GRPORecipe:
         use = self._world_size == 1 and self._dtype == torch.bfloat16
         return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=use)
 
-    def _media(self, sample_media: list[dict[str, torch.Tensor]], num_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Collated media of some prompts, each repeated ``num_samples`` times, on the device."""
+    def _media(self, sample_media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Collated media of a list of samples (one entry per batch row), on the device."""
         if not sample_media or not sample_media[0]:
             return {}
-        media = collate_media(sample_media)
-        if num_samples > 1:
-            media = repeat_media(media, len(sample_media), num_samples)
-        return {k: v.to(self._device) for k, v in media.items()}
+        return {k: v.to(self._device) for k, v in collate_media(sample_media).items()}
 
     def _logit_rows(self, model, rollout, rows: slice, response_ids, response_mask, predicts) -> torch.Tensor:
         """Logits of [prompt; response] for rollout rows ``rows`` at ``predicts`` [R, P+T] (row-major)."""
@@ -279,7 +270,7 @@ class GRPORecipe:
         prompt_ids, prompt_mask = rollout["prompt_ids"][rows], rollout["prompt_mask"][rows]  # [R, P]
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # [R, P+T]
         attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)  # [R, P+T]
-        kwargs: dict[str, Any] = self._media(rollout["sample_media"][rows.start // G : rows.stop // G], G)
+        kwargs: dict[str, Any] = self._media([rollout["sample_media"][r // G] for r in range(rows.start, rows.stop)])
         if not is_thinker(model):  # text-only Qwen2: positions skip the left padding
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         with self._autocast(), logits_only_at(model, predicts):

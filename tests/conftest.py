@@ -5,4 +5,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tests import the checkout they live in (also from a git worktree), not another editable install.
 sys.path.insert(0, str(REPO_ROOT))
+# Shared test helpers (tune_helpers.py) importable from every test folder.
+sys.path.insert(1, str(REPO_ROOT / "tests"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,40 +1,45 @@
-"""The README's literal `tune` commands, run as subprocesses from the repo root (issue 2)."""
+"""The README's literal `tune` commands, run as subprocesses from the repo root (issue 2).
 
-import os
+`tune ls`, `tune cp`, `tune run <name> --config <registered name>` for every recipe, and a copied
+recipe run by path here. The path forms `tune run recipes/<recipe>.py --config <yaml>` (one
+process) and `tune run --nproc_per_node 2 recipes/<recipe>.py ...` (two gloo ranks) run for every
+recipe in tests/recipes/test_<recipe>.py (`test_every_recipe_runs_by_path_on_one_and_two_ranks`
+checks that they do).
+"""
+
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tune_helpers import REPO_ROOT, tune, tune_run
 
 import tune_cli_ext
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TUNE = str(Path(sys.executable).parent / "tune")
 
 # Every recipe needs a fast CPU config and overrides that make one run take seconds. A recipe
 # added to recipes/ without an entry here fails `test_every_recipe_has_a_cli_test`.
 QUICK_RUNS = {
-    "sft_distributed": ("debug/sft_tiny", ["max_steps_per_epoch=2", "epochs=1", "save_every_n_steps=null"]),
-    "grpo_mer_r1_distributed": ("debug/grpo_mer_r1_tiny", ["num_steps=2", "save_every_n_steps=null"]),
-    "eval_mer": ("debug/eval_tiny", ["max_samples=4"]),
-}
-
-
-def run(args, tmp_path, timeout=600, extra_env=None):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.update(extra_env or {})
-    proc = subprocess.run(
-        args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
+    "sft_distributed": ("debug/sft_tiny", ["max_steps_per_epoch=2", "epochs=1", "lr_scheduler.num_warmup_steps=1",
+                                           "save_every_n_steps=null"]),
+    "grpo_mer_r1_distributed": ("debug/grpo_mer_r1_tiny", ["max_steps_per_epoch=2", "batch_size=2",
+                                                           "gradient_accumulation_steps=1", "generation.max_new_tokens=8"]),
+    "eval_mer": ("debug/eval_tiny", ["max_samples=4", "sampling.max_new_tokens=8"]),
+}  # fmt: skip
 
 
 def test_every_recipe_has_a_cli_test():
     recipes = {r.name for r in tune_cli_ext.discover()}
     assert recipes, "no recipes discovered in recipes/"
     assert recipes <= set(QUICK_RUNS), f"add QUICK_RUNS entries for {sorted(recipes - set(QUICK_RUNS))}"
+
+
+def test_every_recipe_runs_by_path_on_one_and_two_ranks():
+    from pathlib import Path
+
+    for recipe in tune_cli_ext.discover():
+        test_file = Path(__file__).parent / "recipes" / f"test_{recipe.name}.py"
+        assert test_file.is_file(), f"{recipe.name} has no tests/recipes/test_{recipe.name}.py"
+        text = test_file.read_text()
+        assert f"recipes/{recipe.name}.py" in text and "nproc=2" in text, test_file
 
 
 def test_every_config_is_registered():
@@ -54,8 +59,8 @@ def test_config_header_launch_line_parsing(tmp_path):
         assert tune_cli_ext.config_recipe_name(path) == expected, text
 
 
-def test_tune_ls_lists_merr1_next_to_torchtune(tmp_path):
-    out = run([TUNE, "ls"], tmp_path)
+def test_tune_ls_lists_merr1_next_to_torchtune():
+    out = tune(["ls"]).stdout
     assert "full_finetune_distributed" in out  # torchtune's own
     for recipe in tune_cli_ext.discover():
         assert recipe.name in out
@@ -64,48 +69,22 @@ def test_tune_ls_lists_merr1_next_to_torchtune(tmp_path):
 
 
 def test_tune_cp_recipe_and_config(tmp_path):
+    """Each recipe and one config of each (every config's registration: `tune ls` above)."""
     for recipe in tune_cli_ext.discover():
         dest = tmp_path / f"my_{recipe.name}.py"
-        run([TUNE, "cp", recipe.name, str(dest)], tmp_path)
+        tune(["cp", recipe.name, str(dest)])
         assert dest.read_text() == recipe.path.read_text()
-        for config_name, config_path in recipe.configs:
-            dest = tmp_path / (config_name.replace("/", "_") + ".yaml")
-            run([TUNE, "cp", config_name, str(dest)], tmp_path)
-            assert dest.read_text() == config_path.read_text()
-
-
-@pytest.mark.parametrize("recipe", sorted(QUICK_RUNS))
-def test_tune_run_by_path_single_process(recipe, tmp_path):
-    if not (REPO_ROOT / "recipes" / f"{recipe}.py").exists():
-        pytest.fail(f"recipe {recipe} listed in QUICK_RUNS but missing")
-    config, overrides = QUICK_RUNS[recipe]
-    out_dir = tmp_path / "out"
-    run(
-        [TUNE, "run", f"recipes/{recipe}.py", "--config", f"recipes/configs/{config}.yaml",
-         f"output_dir={out_dir}", *overrides],
-        tmp_path,
-    )
-    assert out_dir.is_dir()
+        config_name, config_path = recipe.configs[0]
+        dest = tmp_path / "my.yaml"
+        tune(["cp", config_name, str(dest)])
+        assert dest.read_text() == config_path.read_text()
 
 
 @pytest.mark.parametrize("recipe", sorted(QUICK_RUNS))
 def test_tune_run_by_name(recipe, tmp_path):
     config, overrides = QUICK_RUNS[recipe]
-    out_dir = tmp_path / "out"
-    run([TUNE, "run", recipe, "--config", config, f"output_dir={out_dir}", *overrides], tmp_path)
-    assert out_dir.is_dir()
-
-
-@pytest.mark.parametrize("recipe", sorted(QUICK_RUNS))
-def test_tune_run_two_gloo_ranks(recipe, tmp_path):
-    config, overrides = QUICK_RUNS[recipe]
-    out_dir = tmp_path / "out"
-    run(
-        [TUNE, "run", "--nproc_per_node", "2", f"recipes/{recipe}.py", "--config",
-         f"recipes/configs/{config}.yaml", f"output_dir={out_dir}", *overrides],
-        tmp_path,
-    )
-    assert out_dir.is_dir()
+    tune_run(recipe, config, [f"output_dir={tmp_path}", *overrides])
+    assert any(tmp_path.iterdir())
 
 
 def test_copied_recipe_runs(tmp_path):
@@ -114,10 +93,11 @@ def test_copied_recipe_runs(tmp_path):
     config, overrides = QUICK_RUNS[name]
     copy = REPO_ROOT / "my_sft_copy_for_test.py"
     try:
-        run([TUNE, "cp", name, str(copy)], tmp_path)
-        run([TUNE, "run", copy.name, "--config", config, f"output_dir={tmp_path / 'out'}", *overrides], tmp_path)
+        tune(["cp", name, str(copy)])
+        tune_run(copy.name, config, [f"output_dir={tmp_path}", *overrides])
     finally:
         copy.unlink(missing_ok=True)
+    assert (tmp_path / "hf" / "config.json").is_file()
 
 
 def test_import_merr1_does_not_import_torchtune():

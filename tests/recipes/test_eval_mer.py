@@ -7,20 +7,16 @@ rank and two ranks compute exactly the same thing).
 
 import csv
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tune_helpers import REPO_ROOT, tune_run
 
 from merr1.components.emotion_wheel import parse_emotion_list
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TUNE = str(Path(sys.executable).parent / "tune")
 CONFIG = REPO_ROOT / "recipes" / "configs" / "debug" / "eval_tiny.yaml"
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 FAST_PREFIX = "<think></think><answer>"
@@ -29,16 +25,8 @@ DATASETS = ("ovmerd", "basic", "sentiment", "basic_bad")
 NUM_CATEGORIES = 31  # 6 + 7 + 6 + 6 + 6 level-1 categories over the five wheels
 
 
-def tune_run(config_path, args, *, nproc=None, check=True, timeout=600):
-    launcher = [TUNE, "run"] + (["--nproc_per_node", str(nproc)] if nproc else [])
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        launcher + ["recipes/eval_mer.py", "--config", str(config_path), *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
-    )
-    if check:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+def eval_run(config_path, args, *, nproc=None, check=True):
+    return tune_run("recipes/eval_mer.py", config_path, args, nproc=nproc, check=check)
 
 
 def read_csv_rows(path):
@@ -91,7 +79,7 @@ def configs(sample_info, tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_rank(configs, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_one")
-    proc = tune_run(configs[0], [f"output_dir={out}", *COMMON])
+    proc = eval_run(configs[0], [f"output_dir={out}", *COMMON])
     return out, proc
 
 
@@ -167,7 +155,7 @@ def test_bad_rows_are_named_and_counted_in_the_log(one_rank):
 
 
 def test_strict_bad_rows_fail_before_the_model_is_built(configs, tmp_path):
-    proc = tune_run(configs[1], [f"output_dir={tmp_path}", *COMMON], check=False)
+    proc = eval_run(configs[1], [f"output_dir={tmp_path}", *COMMON], check=False)
     assert proc.returncode != 0
     assert "bad row(s) (strict=True)" in proc.stderr
     assert not (tmp_path / "predictions").exists()
@@ -175,7 +163,7 @@ def test_strict_bad_rows_fail_before_the_model_is_built(configs, tmp_path):
 
 def test_two_ranks_give_the_same_report(one_rank, configs, tmp_path):
     out, _ = one_rank
-    tune_run(configs[0], [f"output_dir={tmp_path}", *COMMON], nproc=2)
+    eval_run(configs[0], [f"output_dir={tmp_path}", *COMMON], nproc=2)
     one, two = (json.loads((d / "report.json").read_text()) for d in (out, tmp_path))
     assert two["runtime"]["num_ranks"] == 2
     one.pop("runtime"), two.pop("runtime")
@@ -209,7 +197,7 @@ def test_resume_generates_only_missing_names_and_scores_the_files(configs, sampl
     kept = [json.dumps(handmade(n, "PRESET")) for n in basic_names[:2]]
     (pred / "basic.slow.jsonl").write_text("\n".join(kept) + '\n{"name": "' + basic_names[2] + '", "resp')
 
-    proc = tune_run(configs[0], [f"output_dir={tmp_path}", *COMMON])
+    proc = eval_run(configs[0], [f"output_dir={tmp_path}", *COMMON])
 
     assert {m: (pred / f"ovmerd.{m}.jsonl").read_text() for m in ("slow", "fast")} == ov_before  # nothing generated
     assert "ovmerd slow: 4 of 4 answers found" in proc.stderr

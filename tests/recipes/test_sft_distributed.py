@@ -1,41 +1,29 @@
 """recipes/sft_distributed.py through the literal `tune run` commands on the tiny config (issue 5)."""
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TUNE = str(Path(sys.executable).parent / "tune")
 CONFIG = "recipes/configs/debug/sft_tiny.yaml"
-# Small and fast: 2-layer tiny Thinker, short warmup, no periodic checkpoints unless asked.
+# Short warmup, no periodic checkpoints unless asked.
 FAST = ["lr_scheduler.num_warmup_steps=1", "save_every_n_steps=null", "log_every_n_steps=1"]
 
 
-def tune_run(args, *, nproc=None, check=True, timeout=600):
-    launcher = [TUNE, "run"] + (["--nproc_per_node", str(nproc)] if nproc else [])
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        launcher + ["recipes/sft_distributed.py", "--config", CONFIG, *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env,
-    )
-    if check:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+def sft_run(args, *, nproc=None, check=True):
+    return tune_run("recipes/sft_distributed.py", CONFIG, args, nproc=nproc, check=check)
 
 
 def read_metrics(out_dir):
-    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(Path(out_dir) / "metrics.jsonl")
 
 
 def test_loss_goes_down_and_logs_every_step(tmp_path):
     out = tmp_path / "sft"
-    tune_run([f"output_dir={out}", "epochs=1", "max_steps_per_epoch=30", *FAST])
+    sft_run([f"output_dir={out}", "epochs=1", "max_steps_per_epoch=30", "batch_size=16", *FAST])
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 31))
     for key in ("loss", "lr", "grad_norm", "tokens_per_second", "peak_memory_gb", "num_target_tokens"):
@@ -51,8 +39,8 @@ def test_loss_goes_down_and_logs_every_step(tmp_path):
 
 def test_two_ranks_match_one_rank_with_the_global_batch(tmp_path):
     common = ["epochs=1", "max_steps_per_epoch=4", "shuffle=false", *FAST]
-    tune_run([f"output_dir={tmp_path / 'one'}", "batch_size=4", *common])
-    tune_run([f"output_dir={tmp_path / 'two'}", "batch_size=2", *common], nproc=2)
+    sft_run([f"output_dir={tmp_path / 'one'}", "batch_size=4", *common])
+    sft_run([f"output_dir={tmp_path / 'two'}", "batch_size=2", *common], nproc=2)
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert len(one) == len(two) == 4
     for a, b in zip(one, two):
@@ -63,16 +51,15 @@ def test_two_ranks_match_one_rank_with_the_global_batch(tmp_path):
 
 def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
     common = ["epochs=3", "max_steps_per_epoch=4", *FAST]
-    tune_run([f"output_dir={tmp_path / 'full'}", *common])
+    sft_run([f"output_dir={tmp_path / 'full'}", *common])
     full = read_metrics(tmp_path / "full")
     assert len(full) == 12
 
     # Preempt a second run with SIGTERM after a few steps: it saves a resumable checkpoint and exits 0.
     part = tmp_path / "part"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [TUNE, "run", "recipes/sft_distributed.py", "--config", CONFIG, f"output_dir={part}", *common],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -87,7 +74,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
     stopped = len(read_metrics(part))
     assert 3 <= stopped < 12, stopped
 
-    tune_run([f"output_dir={part}", "resume_from_checkpoint=true", *common])
+    sft_run([f"output_dir={part}", "resume_from_checkpoint=true", *common])
     resumed = read_metrics(part)
     assert [r["step"] for r in resumed] == list(range(1, 13))  # no lost or duplicated step
     for a, b in zip(full, resumed):
@@ -96,7 +83,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
 
 
 def test_bad_config_key_fails_before_training(tmp_path):
-    proc = tune_run([f"output_dir={tmp_path}", "lerning_rate=1e-3"], check=False)
+    proc = sft_run([f"output_dir={tmp_path}", "lerning_rate=1e-3"], check=False)
     assert proc.returncode != 0
     assert "unknown ['lerning_rate']" in proc.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
@@ -105,7 +92,7 @@ def test_bad_config_key_fails_before_training(tmp_path):
 def test_missing_data_file_fails_before_training(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    proc = tune_run(
+    proc = sft_run(
         [f"output_dir={tmp_path / 'out'}", "dataset._component_=merr1.components.data.mer_caption_plus",
          f"dataset.data_dir={data_dir}"],
         check=False,
@@ -117,7 +104,7 @@ def test_missing_data_file_fails_before_training(tmp_path):
 
 def test_float8_path_runs_on_cpu(tmp_path):
     """float8 (emulated on CPU) converts the decoder linears and trains; the loss stays finite."""
-    proc = tune_run([f"output_dir={tmp_path}", "epochs=1", "max_steps_per_epoch=3", "float8.enabled=true",
+    proc = sft_run([f"output_dir={tmp_path}", "epochs=1", "max_steps_per_epoch=3", "float8.enabled=true",
                      "float8.emulate=true", "float8.recipe=rowwise", "float8.enable_fsdp_float8_all_gather=false", *FAST])
     assert "float8 (rowwise): 14 linear layers converted" in proc.stderr
     rows = read_metrics(tmp_path)

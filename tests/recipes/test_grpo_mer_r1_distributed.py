@@ -1,0 +1,138 @@
+"""recipes/grpo_mer_r1_distributed.py through the literal `tune run` commands (issue 6).
+
+Most runs start from a short tiny SFT run (``tiny_sft_checkpoint``) so rewards, advantages and
+gradients are non-trivial; the per-variant configs are exercised in test_grpo_variants.py.
+"""
+
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
+
+RECIPE = "recipes/grpo_mer_r1_distributed.py"
+CONFIG = "recipes/configs/debug/grpo_mer_r1_tiny.yaml"
+SMALL = ["gradient_accumulation_steps=1", "generation.max_new_tokens=32"]
+
+
+def test_two_ranks_match_one_rank(tmp_path, tiny_sft_checkpoint):
+    """Same global batch: 2 gloo ranks x 2 prompts == 1 rank x 4 prompts (per-row sampling seeds)."""
+    common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=3", "shuffle=false", *SMALL]
+    tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'one'}", "batch_size=4", *common])
+    tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'two'}", "batch_size=2", *common], nproc=2)
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) == 3
+    assert one[0]["reward/recall/mean"] > 0  # non-trivial rollouts
+    assert any(row["grad_norm"] > 0 for row in one)
+    for a, b in zip(one, two):
+        for key in ("reward/recall/mean", "reward/precision/mean", "reward/format/mean", "response_length/mean"):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
+        for key in ("reward/cali_pos/mean", "loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["step"], key)
+
+
+def test_metrics_samples_and_reference_model(tmp_path, tiny_sft_checkpoint):
+    out = tmp_path / "beta"
+    proc = tune_run(
+        RECIPE, CONFIG,
+        [f"output_dir={out}", f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=2", "batch_size=2",
+         "loss.beta=0.05", "log_samples_every_n_steps=1", *SMALL],
+    )  # fmt: skip
+    assert "reference model: built (beta = 0.05)" in proc.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    expected = [
+        "reward/recall/mean", "reward/recall/std", "reward/precision/mean", "reward/format/mean",
+        "reward/cali_pos/mean", "reward/cali_neg/mean", "adv/recall/zero_std_frac", "adv/zero_std_frac",
+        "response_length/mean", "num_predicted_categories", "loss", "loss/policy", "loss/kl",
+        "loss/clip_frac_low", "loss/ratio_mean", "grad_norm", "lr", "time/generate", "time/score",
+        "time/calibrate", "time/train", "rollout_tokens_per_second", "rollouts_per_second",
+    ]  # fmt: skip
+    for key in expected:
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert rows[0]["loss/kl"] == 0.0  # the policy is the reference at step 1
+    assert rows[1]["loss/kl"] > 0.0
+    samples = read_jsonl(out / "samples.jsonl")
+    assert {s["step"] for s in samples} == {1, 2}
+    assert {"name", "labels", "response", "rewards", "advantage"} <= set(samples[0])
+
+
+def test_beta_zero_builds_no_reference_and_untagged_responses_do_not_crash(tmp_path):
+    """From a random tiny model: responses have no tags, every reward is 0, the step still runs."""
+    out = tmp_path / "random"
+    proc = tune_run(RECIPE, CONFIG, [f"output_dir={out}", "max_steps_per_epoch=2", "batch_size=2", *SMALL])
+    assert "reference model: none (beta = 0)" in proc.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["reward/format/mean"] == 0.0 and row["reward/recall/mean"] == 0.0
+        assert row["adv/zero_std_frac"] == 1.0 and row["grad_norm"] == 0.0
+    assert (out / "hf" / "config.json").is_file()
+
+
+def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoint):
+    common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=6", "batch_size=2", *SMALL]
+    tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'full'}", *common])
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+
+    part = tmp_path / "part"
+    proc = subprocess.Popen(
+        [TUNE, "run", RECIPE, "--config", CONFIG, f"output_dir={part}", *common],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        metrics = part / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert "preempted (SIGTERM)" in output
+    stopped = len(read_jsonl(part / "metrics.jsonl"))
+    assert 2 <= stopped < 6
+
+    tune_run(RECIPE, CONFIG, [f"output_dir={part}", "resume_from_checkpoint=true", *common])
+    resumed = read_jsonl(part / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(full, resumed):
+        for key in ("reward/recall/mean", "reward/precision/mean", "loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key, stopped)
+
+
+def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, monkeypatch):
+    """In-process: a group whose rewards are all equal has zero advantage, and the update's
+    gradient equals the gradient computed without that group's rollouts."""
+    from recipes.grpo_mer_r1_distributed import GRPORecipe
+
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = OmegaConf.load(REPO_ROOT / CONFIG)
+    cfg.output_dir = str(tmp_path / "inproc")
+    cfg.checkpoint_dir = str(tiny_sft_checkpoint)
+    cfg.batch_size = 2
+    cfg.gradient_accumulation_steps = 1
+    cfg.generation.max_new_tokens = 24
+    recipe = GRPORecipe(cfg)
+    recipe.setup(cfg)
+    rollout = recipe._rollout(next(iter(recipe._dataloader)))
+    G = recipe._group_size
+    advantages = torch.tensor([0.0] * G + [1.0, -1.0] + [0.0] * (G - 2))  # group 0: all equal
+
+    def gradient(rows):
+        recipe._model.zero_grad(set_to_none=True)
+        for r in rows:
+            logprobs, _ = recipe._response_logprobs(recipe._model, rollout, slice(r, r + 1))
+            loss, _ = recipe._loss(logprobs, advantages[r : r + 1], rollout["response_mask"][r : r + 1],
+                                   normalizer=2 * G)  # fmt: skip
+            loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in recipe._model.parameters()]
+
+    with_group0, without = gradient(range(2 * G)), gradient(range(G, 2 * G))
+    for a, b in zip(with_group0, without):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    assert any(g.abs().sum() > 0 for g in without)
+    recipe.cleanup()

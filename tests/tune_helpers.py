@@ -1,0 +1,31 @@
+"""The literal `tune` commands, run from the repo root as subprocesses (recipe and CLI tests)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TUNE = str(Path(sys.executable).parent / "tune")
+
+
+def tune(args, *, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """``tune <args>`` with one OpenMP thread per process (2 ranks share the 2 test cores)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([TUNE, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert proc.returncode == 0, (
+            f"tune {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def tune_run(recipe, config, args=(), *, nproc=None, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """``tune run [--nproc_per_node N] <recipe> --config <config> <args>``."""
+    launcher = ["run"] + (["--nproc_per_node", str(nproc)] if nproc else [])
+    return tune([*launcher, str(recipe), "--config", str(config), *map(str, args)], check=check, timeout=timeout)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
