@@ -1,4 +1,5 @@
 import importlib.util
+import sys
 import json
 import math
 import wave
@@ -230,11 +231,52 @@ def test_video_media_tiny_and_default():
     assert full["pixel_values_videos"].shape == (t * h * w, 1176)
 
 
-def test_pyav_missing_names_the_extra():
-    if importlib.util.find_spec("av") is not None:
-        pytest.skip("PyAV is installed")
+def test_pyav_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError, installed or not
     with pytest.raises(ImportError, match=r"merr1\[media\]"):
         data_media.PyAVFrameSource("clip.mp4")
+
+
+def _write_mp4(path, colors, fps=10, size=(64, 48)):
+    """A tiny mp4 whose frame i is filled with colors[i] (RGB), encoded with PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for color in colors:
+            image = np.empty((size[1], size[0], 3), dtype=np.uint8)
+            image[:] = color
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_pyav_decodes_a_real_mp4_into_the_cache(tmp_path):
+    """The `media` extra's real path: mp4 -> PyAV frames -> patches in the cache (no fake source)."""
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    video_dir, audio_dir, out_dir = tmp_path / "video", tmp_path / "audio", tmp_path / "cache"
+    video_dir.mkdir()
+    audio_dir.mkdir()
+    colors = [(200, 30, 30)] * 10 + [(30, 30, 200)] * 10  # 2 s at 10 fps: red, then blue
+    _write_mp4(video_dir / "clip.mp4", colors)
+    write_wav(audio_dir / "clip.wav", torch.sin(torch.arange(16000) / 10.0) * 0.1, 16000)
+
+    source = data_media.PyAVFrameSource(video_dir / "clip.mp4")
+    assert source.num_frames == 20 and source.fps == 10.0
+    frames = source.get_frames([0, 19])  # [2, H, W, 3] uint8
+    assert frames.shape == (2, 48, 64, 3)
+    assert frames[0, ..., 0].float().mean() > 150 and frames[1, ..., 2].float().mean() > 150
+
+    report = prepare_media(out_dir, audio_dir=audio_dir, video_dir=video_dir, config=MediaConfig.tiny(), progress=False)
+    assert report.num_written == 1 and not report.failed
+    entry = load_media(out_dir / "clip.safetensors")
+    t, h, w = entry["video_grid_thw"][0].tolist()
+    assert entry["pixel_values_videos"].shape == (t * h * w, 1176)
+    assert entry["input_features"].shape[1] == MediaConfig.tiny().n_mels
 
 
 # ---------------------------------------------------------------------------------------------
