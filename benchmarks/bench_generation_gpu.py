@@ -30,25 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from merr1.components.generation import SamplingConfig, generate  # noqa: E402
-from merr1.components.models import tiny_thinker_config  # noqa: E402
+from merr1.components.models import THINKER_TEXT_SHAPES, tiny_thinker_config  # noqa: E402
 
-# Qwen2.5-Omni-7B Thinker text shape.
-TEXT_7B = dict(
-    vocab_size=152064,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-)
-TEXT_TINY = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
+# The LLM shapes: the real 7B Thinker text model (tied embeddings are irrelevant to decode speed)
+# and the tiny test model's (tiny_thinker_config defaults) for the CPU smoke test.
+TEXT_7B = {k: v for k, v in THINKER_TEXT_SHAPES["7B"].items() if k != "tie_word_embeddings"}
+TEXT_TINY: dict = {}
 BANDWIDTH_TBPS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35}
 
 
