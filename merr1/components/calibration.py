@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import torch
 
 from merr1.components.emotion_wheel import EmotionWheels, parse_emotion_list
+from merr1.components.tokenizer import token_bytes
 
 
 def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
@@ -84,22 +85,6 @@ def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
 # Token bytes
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte-level BPE alphabet: printable Latin-1 bytes map to themselves, the others to 256+i."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
-
-
 class TokenBytes:
     """Token id -> the bytes it contributes to the decoded text (cached per id).
 
@@ -110,7 +95,6 @@ class TokenBytes:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.special_ids = set(tokenizer.all_special_ids)
         self._cache: dict[int, bytes] = {}
 
     def __call__(self, ids: Sequence[int]) -> list[bytes]:
@@ -119,16 +103,8 @@ class TokenBytes:
             return [cache[i] for i in ids]
         except KeyError:
             missing = [i for i in set(ids) if i not in cache]
-            for i, token in zip(missing, self.tokenizer.convert_ids_to_tokens(missing)):
-                cache[i] = self._token_bytes(i, token)
+            cache.update(zip(missing, token_bytes(self.tokenizer, missing)))
             return [cache[i] for i in ids]
-
-    def _token_bytes(self, token_id: int, token: str | None) -> bytes:
-        if token_id in self.special_ids or token is None:
-            return b""
-        if all(ch in _BYTE_DECODER for ch in token):
-            return bytes(_BYTE_DECODER[ch] for ch in token)
-        return self.tokenizer.decode([token_id]).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from merr1.components.tokenizer import token_bytes
+
 # The Thinker's multimodal forward kwargs that may accompany a prompt batch.
 MEDIA_KEYS = frozenset(
     {
@@ -124,18 +126,8 @@ class StopStrings:
         """
         if not strings or any(not s for s in strings):
             raise ValueError(f"stop strings must be a non-empty list of non-empty strings, got {strings!r}")
-        byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
-        special_ids = set(tokenizer.all_special_ids)
         vocab_size = len(tokenizer)
-        pieces: list[bytes] = []
-        for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(vocab_size)))):
-            if token_id in special_ids or token is None:
-                pieces.append(b"")
-            elif all(c in byte_decoder for c in token):
-                pieces.append(bytes(byte_decoder[c] for c in token))
-            else:
-                text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
-                pieces.append(text.encode("utf-8"))
+        pieces = token_bytes(tokenizer, range(vocab_size))
         max_len = max(1, max(len(p) for p in pieces))
         flat = bytearray(b"".join(p.ljust(max_len, b"\0") for p in pieces))
         table = torch.frombuffer(flat, dtype=torch.uint8).view(vocab_size, max_len).clone()
@@ -590,16 +582,3 @@ def _check_inputs(
             raise ValueError(
                 f"unknown media keys {sorted(unknown)}; expected a subset of {sorted(MEDIA_KEYS)}"
             )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / Qwen byte-level BPE alphabet: byte -> the printable character that stands for it."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shift)
-            shift += 1
-    return mapping

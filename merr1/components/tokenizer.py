@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 # Same strings as the real Qwen2.5-Omni tokenizer; ids are the tiny tokenizer's.
 TINY_SPECIAL_TOKENS: dict[str, int] = {
@@ -103,6 +103,46 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512):
         if tokenizer.convert_tokens_to_ids(token) != idx:
             raise AssertionError(f"special token {token} not at id {idx} after wrapping")
     return tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / Qwen byte-level BPE alphabet: byte -> the printable character that stands for it."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + shift)
+            shift += 1
+    return mapping
+
+
+_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def token_bytes(tokenizer, token_ids: Sequence[int]) -> list[bytes]:
+    """The bytes each token contributes to the decoded text (special tokens stripped).
+
+    Exact for byte-level BPE tokenizers (Qwen's, the tiny one): a token's characters are mapped
+    back through the byte alphabet, so a token holding part of a multi-byte character gives its
+    raw bytes. Special tokens give ``b""``; tokens of other tokenizers fall back to decoding the
+    single id.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer.
+        token_ids: the ids to look up.
+    """
+    special_ids = set(tokenizer.all_special_ids)
+    out = []
+    for token_id, token in zip(token_ids, tokenizer.convert_ids_to_tokens(list(token_ids))):
+        if token_id in special_ids or token is None:
+            out.append(b"")
+        elif all(c in _BYTE_DECODER for c in token):
+            out.append(bytes(_BYTE_DECODER[c] for c in token))
+        else:
+            out.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8"))
+    return out
 
 
 @functools.lru_cache(maxsize=None)
