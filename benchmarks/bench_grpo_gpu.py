@@ -117,7 +117,9 @@ def synthetic_qwen_tokenizer(num_regular_tokens: int = QWEN_FIRST_SPECIAL_ID):
         frontier = next_frontier
     for offset, token in enumerate(QWEN_SPECIAL_TOKENS):
         vocab[token] = num_regular_tokens + offset
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [t for t in QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")]}
     )
@@ -498,7 +500,8 @@ def main(argv: list[str] | None = None) -> Result:
     print(format_table(result))
     print("mean rewards (written answers): " + ", ".join(f"{k} {v:.3f}" for k, v in result.rewards.items()))
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **asdict(result)}, indent=2) + "\n")
+        record = {"args": {k: str(v) for k, v in vars(args).items()}, **asdict(result)}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return result
 
 

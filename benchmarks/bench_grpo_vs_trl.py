@@ -32,7 +32,7 @@ completion length of each side as a check).
 Settings mapping (P = prompts per optimizer step, M = prompts per micro-batch):
 
     what                        merr1 (recipe config)                 TRL (GRPOConfig)
-    completions per step        batch_size*grad_accum*G = P*G         per_device_train_batch_size*gradient_accumulation_steps
+    completions per step        batch_size*grad_accum*G = P*G         per_device_train_batch_size*grad. accum. steps
     micro-batch                 batch_size = M prompts x G            per_device_train_batch_size = M*G completions
     micro-batches per update    gradient_accumulation_steps = P/M     gradient_accumulation_steps = P/M
     generations per step        one rollout phase per step            steps_per_generation = grad accum (default):
@@ -121,9 +121,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     parser.add_argument("--steps", type=int, default=8, help="measured steps per side")
-    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data" / "sample", help="sample data (made on first use)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=REPO_ROOT / "data" / "sample", help="sample data (made on first use)"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoint + outputs (default: a temp dir)")
-    parser.add_argument("--profile", type=Path, default=None, help="write cProfile stats of both sides' measured steps here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write cProfile stats of both sides' measured steps here"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.prompts_per_step % args.micro_batch_prompts:
@@ -216,8 +220,7 @@ class Merr1Runner:
         if measured and self._profiler is not None:
             self._profiler.disable()
         split = {k: metrics[f"time/{k}"] for k in ("generate", "score", "train")}
-        split["generate"] += metrics["time/calibrate"]  # no calibration here: ~0
-        split["other"] = wall - sum(split.values())
+        split["other"] = wall - sum(split.values())  # data loading, metrics; time/calibrate (no calibration: ~0)
         num_completions = len(batch["names"]) * recipe._group_size
         if measured:
             self.side.steps.append(StepTime(wall, cpu, split, num_completions, metrics["response_length/mean"]))
@@ -443,9 +446,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     speedup = rows["merr1"]["rollouts_per_s"] / rows["TRL"]["rollouts_per_s"]
     speedup_cpu = rows["merr1"]["rollouts_per_cpu_s"] / rows["TRL"]["rollouts_per_cpu_s"]
     print(
-        f"tiny Qwen2 (text), CPU, {args.threads} thread(s), torch {torch.__version__}; P={args.prompts_per_step} prompts "
-        f"x G={args.num_generations} per step, micro-batch {args.micro_batch_prompts} prompts, max {args.max_new_tokens} "
-        f"new tokens; median of {args.steps} steps after {args.warmup} warm-up, sides interleaved; "
+        f"tiny Qwen2 (text), CPU, {args.threads} thread(s), torch {torch.__version__}; "
+        f"P={args.prompts_per_step} prompts x G={args.num_generations} per step, micro-batch "
+        f"{args.micro_batch_prompts} prompts, max {args.max_new_tokens} new tokens; "
+        f"median of {args.steps} steps after {args.warmup} warm-up, sides interleaved; "
         f"{num_mismatched}/{num_prompts} TRL prompt tokenizations differ from merr1's ids"
     )
     print(format_table(rows))

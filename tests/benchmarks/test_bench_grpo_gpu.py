@@ -50,7 +50,10 @@ def test_synthetic_tokenizer_real_size_matches_the_thinker_token_ids():
 
 
 # Placeholders: audio frames F -> ((F - 1) // 2 + 1 - 2) // 2 + 1 tokens; video t*h*w/4.
-@pytest.mark.parametrize("audio_frames, grid, num_audio, num_video", [(500, (5, 24, 24), 125, 720), (200, (2, 8, 8), 50, 32)])
+@pytest.mark.parametrize(
+    "audio_frames, grid, num_audio, num_video",
+    [(400, (4, 24, 24), 100, 576), (500, (5, 24, 24), 125, 720), (200, (2, 8, 8), 50, 32)],
+)
 def test_synthetic_dataset_items(audio_frames, grid, num_audio, num_video):
     tokenizer = tiny_tokenizer()
     dataset = bench.SyntheticRLDataset(tokenizer, 3, audio_frames, grid, num_mel_bins=16, subtitle_words=5)

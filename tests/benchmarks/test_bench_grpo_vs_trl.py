@@ -35,9 +35,12 @@ def test_merr1_config_is_the_text_only_rd_ad_variant(tmp_path):
     assert cfg.dataset.instruction == "List the emotions." and cfg.dataset.split == "rl"
     assert [r._component_.rsplit(".", 1)[1] for r in cfg.rewards] == ["RecallReward", "PrecisionReward", "FormatReward"]
     groups = [(g.name, g.weight, dict(g.rewards)) for g in cfg.advantage.groups]
-    assert groups == [("recall", 1.0, {"recall": 1.0}), ("precision", 1.0, {"precision": 1.0}), ("format", 0.1, {"format": 1.0})]
+    assert groups == [
+        ("recall", 1.0, {"recall": 1.0}), ("precision", 1.0, {"precision": 1.0}), ("format", 0.1, {"format": 1.0})
+    ]
     assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.num_generations) == (2, 2, 2)
-    assert (cfg.generation.max_new_tokens, list(cfg.generation.stop_strings), cfg.generation.temperature) == (6, [], 1.0)
+    generation = cfg.generation
+    assert (generation.max_new_tokens, list(generation.stop_strings), generation.temperature) == (6, [], 1.0)
     assert (cfg.loss.beta, cfg.num_iterations, cfg.max_steps_per_epoch, cfg.shuffle) == (0.0, 1, 3, False)
 
 
@@ -78,10 +81,12 @@ def test_trl_config_maps_the_step_to_the_same_work(tmp_path):
     trl_args = bench.trl_config(args, tmp_path / "trl", cfg)
     G = args.num_generations
     # completions per optimizer step: TRL counts completions, merr1 prompts
-    assert trl_args.per_device_train_batch_size * trl_args.gradient_accumulation_steps == cfg.batch_size * cfg.gradient_accumulation_steps * G
+    completions = cfg.batch_size * cfg.gradient_accumulation_steps * G
+    assert trl_args.per_device_train_batch_size * trl_args.gradient_accumulation_steps == completions
     assert trl_args.generation_batch_size == args.prompts_per_step * G  # one generation per optimizer step
     assert trl_args.steps_per_generation == trl_args.gradient_accumulation_steps
-    assert (trl_args.num_generations, trl_args.max_completion_length, trl_args.beta, trl_args.num_iterations) == (G, 6, 0.0, 1)
+    assert (trl_args.num_generations, trl_args.max_completion_length) == (G, 6)
+    assert (trl_args.beta, trl_args.num_iterations, trl_args.loss_type) == (0.0, 1, "grpo")
     assert not trl_args.bf16 and not trl_args.gradient_checkpointing and trl_args.use_cpu
     assert trl_args.learning_rate == pytest.approx(float(cfg.optimizer.lr))
 
