@@ -59,6 +59,17 @@ THINKER_TEXT_SHAPES: dict[str, dict] = {
     ),
 }
 
+# Special-token ids of the real Qwen2.5-Omni tokenizer (the Thinker config's defaults use them).
+QWEN_OMNI_TOKEN_IDS = {
+    "<|AUDIO|>": 151646,
+    "<|audio_bos|>": 151647,
+    "<|audio_eos|>": 151648,
+    "<|vision_bos|>": 151652,
+    "<|vision_eos|>": 151653,
+    "<|IMAGE|>": 151655,
+    "<|VIDEO|>": 151656,
+}
+
 # Audio (Whisper-style) and vision (Qwen2.5-VL ViT) encoders: identical in the 3B and 7B; their
 # output width is the LLM's hidden size.
 THINKER_AUDIO_SHAPE = dict(
@@ -342,6 +353,10 @@ def qwen2_5_omni_thinker_config(size: str = "7B", num_hidden_layers: int | None 
         audio_config=dict(THINKER_AUDIO_SHAPE, output_dim=text["hidden_size"]),
         vision_config=dict(THINKER_VISION_SHAPE, out_hidden_size=text["hidden_size"]),
         tie_word_embeddings=tie_word_embeddings,
+        # Not declared by Qwen2_5OmniThinkerConfig but read by its mRoPE index (the real
+        # checkpoints' config.json has them): without them every video prompt fails.
+        vision_start_token_id=QWEN_OMNI_TOKEN_IDS["<|vision_bos|>"],
+        vision_end_token_id=QWEN_OMNI_TOKEN_IDS["<|vision_eos|>"],
     )
 
 

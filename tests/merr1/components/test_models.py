@@ -6,6 +6,7 @@ from model_fixtures import make_fake_omni_checkpoint, multimodal_batch, text_bat
 
 from merr1.components.checkpoint_io import save_hf_checkpoint
 from merr1.components.models import (
+    build_model,
     logits_only_at,
     THINKER_TEXT_SHAPES,
     checkpoint_processor,
@@ -168,6 +169,20 @@ def test_real_thinker_config_facts_and_depth_override():
     assert text.num_hidden_layers == 2
     assert text.rope_parameters["mrope_section"] == [16, 24, 24]
     assert config.audio_config.output_dim == config.vision_config.out_hidden_size == 3584
+
+
+def test_real_thinker_config_has_the_vision_ids_its_mrope_index_reads():
+    """A video prompt on the real-shape config: the mRoPE index needs vision_start_token_id."""
+    config = qwen2_5_omni_thinker_config("3B", num_hidden_layers=1)
+    assert (config.vision_start_token_id, config.vision_end_token_id) == (151652, 151653)
+    assert (config.audio_token_index, config.video_token_index) == (151646, 151656)
+    model = build_model(config, device="meta")
+    ids = torch.tensor([[151644, 151652, 151656, 151656, 151653, 9707, 151645]])
+    position_ids, deltas = model.get_rope_index(
+        ids, video_grid_thw=torch.tensor([[1, 2, 4]]), attention_mask=torch.ones_like(ids),
+        second_per_grids=torch.tensor([1.0]),
+    )
+    assert position_ids.shape == (3, 1, 7) and deltas.shape == (1, 1)
 
 
 def test_unknown_real_size_raises():
