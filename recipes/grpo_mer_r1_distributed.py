@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from torchtune import config
@@ -48,9 +47,15 @@ from tqdm import tqdm
 from merr1.components import checkpoint_io, distributed, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.data import PromptCollator, collate_media
-from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
+from merr1.components.generation import (
+    SamplingConfig,
+    StopStrings,
+    generate,
+    media_token_ids,
+    teacher_forced_logits,
+)
 from merr1.components.metric_logging import MetricLogger, SampleLogger, format_metrics, save_config
-from merr1.components.models import is_thinker, logits_only_at, resolve_dtype
+from merr1.components.models import is_thinker, resolve_dtype
 from merr1.components.optim import clip_grad_norm
 from merr1.components.prompts import QWEN_OMNI_SYSTEM_PROMPT, PromptEncoder
 from merr1.rewards import EmotionSetRewards, RewardBatch, merge_outputs
@@ -264,17 +269,21 @@ class GRPORecipe:
             return {}
         return {k: v.to(self._device) for k, v in collate_media(sample_media).items()}
 
-    def _logit_rows(self, model, rollout, rows: slice, response_ids, response_mask, predicts) -> torch.Tensor:
-        """Logits of [prompt; response] for rollout rows ``rows`` at ``predicts`` [R, P+T] (row-major)."""
+    def _logits(self, model, rollout, rows: slice, response_ids, response_mask, targets) -> torch.Tensor:
+        """Logits predicting the ``targets`` tokens of the responses of rollout rows ``rows`` (whole
+        groups): each prompt runs once and its KV cache serves its G responses.
+
+        Returns:
+            # [targets.sum(), V], rows in row-major order of ``targets``
+        """
         G = self._group_size
-        prompt_ids, prompt_mask = rollout["prompt_ids"][rows], rollout["prompt_mask"][rows]  # [R, P]
-        input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # [R, P+T]
-        attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)  # [R, P+T]
-        kwargs: dict[str, Any] = self._media([rollout["sample_media"][r // G] for r in range(rows.start, rows.stop)])
-        if not is_thinker(model):  # text-only Qwen2: positions skip the left padding
-            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        with self._autocast(), logits_only_at(model, predicts):
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+        assert rows.start % G == 0 and rows.stop % G == 0, "micro-batches hold whole groups"
+        prompts = slice(rows.start // G, rows.stop // G)
+        with self._autocast():
+            return teacher_forced_logits(
+                model, rollout["prompt_ids"][prompts], rollout["prompt_mask"][prompts], response_ids, response_mask,
+                targets, num_samples=G, media=self._media(rollout["sample_media"][prompts]) or None,
+            )  # fmt: skip
 
     def _response_logprobs(self, model, rollout, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs (of logits / temperature) of the sampled tokens of ``rows``, and the raw logits.
@@ -283,9 +292,7 @@ class GRPORecipe:
             logprobs # [R, T] (0 where masked); raw logits of the response tokens # [N, V]
         """
         response_ids, response_mask = rollout["response_ids"][rows], rollout["response_mask"][rows]  # [R, T]
-        num_prompt = rollout["prompt_ids"].shape[1]
-        predicts = F.pad(response_mask, (num_prompt - 1, 1))  # [R, P+T]: position P-1+t predicts token t
-        logits = self._logit_rows(model, rollout, rows, response_ids, response_mask, predicts)  # [N, V]
+        logits = self._logits(model, rollout, rows, response_ids, response_mask, response_mask)  # [N, V]
         token_logprobs = torch.log_softmax(logits.float() / self._temperature, dim=-1)
         token_logprobs = token_logprobs.gather(-1, response_ids[response_mask].unsqueeze(-1)).squeeze(-1)  # [N]
         logprobs = torch.zeros(response_ids.shape, dtype=torch.float32, device=self._device)
@@ -309,7 +316,6 @@ class GRPORecipe:
             word_rows = words.response_index.to(self._device)
             slow_positions, fast_positions = words.slow_position.to(self._device), words.fast_position.to(self._device)
             slow_words = fast_words = None
-        num_prompt = rollout["prompt_ids"].shape[1]
         for rows in self._micro_batches(num_rows):
             logprobs, logits = self._response_logprobs(self._model, rollout, rows)
             old_logprobs[rows] = logprobs
@@ -324,11 +330,10 @@ class GRPORecipe:
             local_rows = word_rows[in_micro] - rows.start
             slow = logits[row_of[local_rows, slow_positions[in_micro]]]  # [w, V]
             fast_ids, fast_mask = fast.ids[rows].to(self._device), fast.mask[rows].to(self._device)
-            predicts = torch.zeros(mask.shape[0], num_prompt + fast_ids.shape[1], dtype=torch.bool, device=self._device)
-            fast_cols = fast_positions[in_micro] + num_prompt - 1
-            predicts[local_rows, fast_cols] = True
-            rows_out = self._logit_rows(self._model, rollout, rows, fast_ids, fast_mask, predicts)  # row-major order
-            rank = torch.argsort(torch.argsort(local_rows * predicts.shape[1] + fast_cols))  # word -> output row
+            targets = torch.zeros_like(fast_mask)
+            targets[local_rows, fast_positions[in_micro]] = True
+            rows_out = self._logits(self._model, rollout, rows, fast_ids, fast_mask, targets)  # row-major order
+            rank = torch.argsort(torch.argsort(local_rows * targets.shape[1] + fast_positions[in_micro]))  # word -> row
             fast_logits = rows_out[rank]
             if slow_words is None:
                 slow_words = slow.new_zeros(len(words.words), slow.shape[-1])
@@ -415,8 +420,8 @@ class GRPORecipe:
             "labels": batch["labels"],
             "sample_media": batch["sample_media"],  # per prompt
             "prompt_ids_unpadded": [p[m.bool()] for p, m in zip(batch["prompt_ids"], batch["prompt_mask"])],
-            "prompt_ids": prompt_ids.repeat_interleave(G, dim=0),  # [B*G, P]
-            "prompt_mask": prompt_mask.repeat_interleave(G, dim=0),  # [B*G, P]
+            "prompt_ids": prompt_ids,  # [B, P]
+            "prompt_mask": prompt_mask,  # [B, P]
             "response_ids": rollouts.response_ids,  # [B*G, T]
             "response_mask": rollouts.response_mask,  # [B*G, T]
         }

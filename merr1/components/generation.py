@@ -514,6 +514,90 @@ def _decode(
     )
 
 
+def teacher_forced_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    num_samples: int = 1,
+    media: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Logits that predict the selected response tokens, with each prompt computed ONCE.
+
+    Equal to a forward over ``[prompt; response]`` for each of the ``B * G`` rows read at the
+    positions that predict the ``targets`` tokens, but each prompt (its long audio/video prefix and
+    the encoders included) runs once and its KV cache is shared by its G responses: a prompt pass,
+    then one pass over the responses attending to the replicated cache. Gradients flow through
+    both passes (the model's root forward is called twice, so FSDP2 hooks run as usual). For G = 4
+    and a 1k-token prompt with 256-token responses this teacher-forces 2.3k instead of 5k tokens
+    per prompt.
+
+    Args:
+        model: a Thinker or Qwen2 causal LM (FSDP2-sharded or not).
+        prompt_ids: left-padded prompts (other padding is left-aligned). # [B, P]
+        prompt_mask: 1/True on prompt tokens. # [B, P]
+        response_ids: row ``b * G + g`` answers prompt b. # [B*G, T]
+        response_mask: True on response tokens (a prefix of each row). # [B*G, T]
+        targets: the response tokens whose predicting logits are wanted (within the mask). # [B*G, T]
+        num_samples: G.
+        media: the Thinker's multimodal kwargs for the B prompts.
+
+    Returns:
+        ``[N, V]`` logits, N = ``targets.sum()``, rows in row-major order of ``targets`` (the
+        logits of token t of row r are those of the position before it).
+    """
+    from merr1.components.models import logits_only_at
+
+    num_rows, width = response_ids.shape
+    num_prompts, prompt_len = prompt_ids.shape
+    if num_rows != num_prompts * num_samples:
+        raise ValueError(f"{num_rows} response rows for {num_prompts} prompts x {num_samples} samples")
+    if bool((targets & ~response_mask.bool()).any()):
+        raise ValueError("targets must select response tokens (within response_mask)")
+    mrope = _uses_mrope(model.model)
+    prompt_ids, prompt_mask = _left_align(prompt_ids, prompt_mask.long())
+    lengths = prompt_mask.sum(-1).repeat_interleave(num_samples)  # [R]
+
+    # 1. Prompt pass: its last position predicts response token 0.
+    last = torch.zeros_like(prompt_mask, dtype=torch.bool)
+    last[:, -1] = True
+    kwargs = dict(media or {})
+    if not mrope:
+        kwargs["position_ids"] = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    with logits_only_at(model, last):
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, **kwargs)
+    first = out.logits.repeat_interleave(num_samples, dim=0)  # [R, V]
+    flat = targets.flatten().nonzero().squeeze(-1)  # row-major (r * T + t) of every target
+    from_prompt = flat % width == 0
+    if width == 1 or bool(from_prompt.all()):
+        return first[flat // width]
+
+    # 2. Response pass over tokens 0..T-2 (they predict tokens 1..T-1), on the shared cache.
+    cache = out.past_key_values
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+    positions = lengths[:, None] + torch.arange(width - 1, device=lengths.device)  # [R, T-1]
+    if mrope:  # the prompt pass left the multimodal RoPE offsets on the backbone ([B, 1])
+        deltas = model.model.rope_deltas.view(-1).repeat_interleave(num_samples).to(positions.device)
+        positions = (positions + deltas[:, None])[None].expand(3, -1, -1)  # [3, R, T-1]
+    attention = torch.cat([prompt_mask.repeat_interleave(num_samples, 0), response_mask[:, :-1].long()], dim=1)
+    with logits_only_at(model, targets[:, 1:].bool()):
+        rest = model(
+            input_ids=response_ids[:, :-1],
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits  # [N - N0, V]
+    logits = rest.new_empty(flat.shape[0], rest.shape[-1])
+    logits[from_prompt] = first[flat[from_prompt] // width].to(rest.dtype)
+    logits[~from_prompt] = rest
+    return logits
+
+
 def repeat_media(
     media: dict[str, torch.Tensor], num_prompts: int, num_samples: int
 ) -> dict[str, torch.Tensor]:

@@ -74,7 +74,7 @@ def test_beta_zero_builds_no_reference_and_untagged_responses_do_not_crash(tmp_p
 
 
 def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoint):
-    common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=6", "batch_size=2", *SMALL]
+    common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=10", "batch_size=2", *SMALL]
     tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'full'}", *common])
     full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
 
@@ -94,11 +94,11 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoin
     assert proc.returncode == 0, output[-4000:]
     assert "preempted (SIGTERM)" in output
     stopped = len(read_jsonl(part / "metrics.jsonl"))
-    assert 2 <= stopped < 6
+    assert 2 <= stopped < 10
 
     tune_run(RECIPE, CONFIG, [f"output_dir={part}", "resume_from_checkpoint=true", *common])
     resumed = read_jsonl(part / "metrics.jsonl")
-    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [r["step"] for r in resumed] == list(range(1, 11))
     for a, b in zip(full, resumed):
         for key in ("reward/recall/mean", "reward/precision/mean", "loss", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key, stopped)
@@ -124,15 +124,13 @@ def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, 
 
     def gradient(rows):
         recipe._model.zero_grad(set_to_none=True)
-        for r in rows:
-            logprobs, _ = recipe._response_logprobs(recipe._model, rollout, slice(r, r + 1))
-            loss, _ = recipe._loss(logprobs, advantages[r : r + 1], rollout["response_mask"][r : r + 1],
-                                   normalizer=2 * G)  # fmt: skip
-            loss.backward()
+        logprobs, _ = recipe._response_logprobs(recipe._model, rollout, rows)
+        loss, _ = recipe._loss(logprobs, advantages[rows], rollout["response_mask"][rows], normalizer=2 * G)
+        loss.backward()
         return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in recipe._model.parameters()]
 
-    with_group0, without = gradient(range(2 * G)), gradient(range(G, 2 * G))
+    with_group0, without = gradient(slice(0, 2 * G)), gradient(slice(G, 2 * G))
     for a, b in zip(with_group0, without):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     assert any(g.abs().sum() > 0 for g in without)
     recipe.cleanup()

@@ -1,5 +1,6 @@
 """Tests for merr1.components.generation (rollout sampling, issue 4 item 3)."""
 
+import copy
 import math
 import os
 
@@ -16,6 +17,7 @@ from merr1.components.generation import (
     media_token_ids,
     repeat_media,
     sample_next_tokens,
+    teacher_forced_logits,
 )
 from merr1.components.models import tiny_qwen2, tiny_thinker
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
@@ -632,3 +634,50 @@ def test_fsdp2_rollouts_gather_once_and_training_still_works(tmp_path):
 
     # fork: the workers reuse the already imported torch/transformers (spawn re-imports them).
     mp.start_processes(_fsdp_worker, args=(2, os.fspath(tmp_path / "store")), nprocs=2, start_method="fork")
+
+
+# --- teacher-forced logits with the prompt computed once ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["thinker", "qwen2"])
+def test_teacher_forced_logits_equal_the_full_forward_values_and_gradients(name, thinker, qwen2):
+    model, ids, mask, media = model_and_batch(name, thinker, qwen2)
+    model = copy.deepcopy(model).train()
+    G = 3
+    config = SamplingConfig(max_new_tokens=7, suppress_token_ids=media_token_ids(model.config) if media else [])
+    rollouts = generate(model, ids, mask, config, num_samples=G, media=media, generator=torch.Generator().manual_seed(0))
+    response_ids, response_mask = rollouts.response_ids, rollouts.response_mask
+    targets = response_mask.clone()
+    targets[0, 1] = False  # an arbitrary subset of the response tokens
+
+    # Reference: one forward over [prompt; response] per row, read before each target token.
+    num_prompts, prompt_len = ids.shape
+    full_ids = torch.cat([ids.repeat_interleave(G, 0), response_ids], 1)
+    full_mask = torch.cat([mask.repeat_interleave(G, 0), response_mask.long()], 1)
+    kwargs = repeat_media(media, num_prompts, G) if media is not None else {
+        "position_ids": (full_mask.cumsum(-1) - 1).clamp_min(0)}  # fmt: skip
+    full = model(input_ids=full_ids, attention_mask=full_mask, **kwargs).logits[:, prompt_len - 1 : -1][targets]
+    full.square().mean().backward()
+    expected_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+
+    shared = teacher_forced_logits(model, ids, mask, response_ids, response_mask, targets, num_samples=G, media=media)
+    assert shared.shape == full.shape
+    torch.testing.assert_close(shared, full.detach(), atol=2e-5, rtol=1e-4)
+    shared.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == len(expected_grads)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-3)
+
+
+def test_teacher_forced_logits_checks_its_inputs(qwen2):
+    ids, mask = text_batch()
+    response = torch.ones(2 * len(ids), 3, dtype=torch.long)
+    full = torch.ones_like(response, dtype=torch.bool)
+    with pytest.raises(ValueError, match="response rows"):
+        teacher_forced_logits(qwen2, ids, mask, response, full, full, num_samples=3)
+    partial = full.clone()
+    partial[:, -1] = False
+    with pytest.raises(ValueError, match="within response_mask"):
+        teacher_forced_logits(qwen2, ids, mask, response, partial, full, num_samples=2)
