@@ -48,6 +48,7 @@ Choices a reader might not expect (each is tested):
 
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -218,6 +219,35 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def _check_row_generators(generators, num_rows: int) -> None:
+    if len(generators) != num_rows:
+        raise ValueError(f"{len(generators)} row generators for {num_rows} rows (one per row b * G + g)")
+
+
+class _RowNoise:
+    """Uniform noise for rows with one generator each: row r's noise comes only from generator r.
+
+    Each generator draws ``steps_per_draw`` decoding steps at once (one call per row per
+    ``steps_per_draw`` steps instead of one per step: the per-call overhead dominated CPU rollouts),
+    so a row samples the same tokens whatever batch it is in.
+    """
+
+    def __init__(self, generators, vocab_size: int, device, steps_per_draw: int = 8):
+        self.generators = list(generators)
+        self.vocab_size, self.device, self.steps_per_draw = vocab_size, device, steps_per_draw
+        self._buffer: torch.Tensor | None = None  # [R, steps_per_draw, V]
+        self._next = steps_per_draw
+
+    def next(self) -> torch.Tensor:
+        if self._next == self.steps_per_draw:
+            self._buffer = torch.stack(
+                [torch.rand(self.steps_per_draw, self.vocab_size, generator=g, device=self.device) for g in self.generators]
+            )
+            self._next = 0
+        self._next += 1
+        return self._buffer[:, self._next - 1]  # [R, V]
+
+
 def sample_next_tokens(
     logits: torch.Tensor,
     config: SamplingConfig,
@@ -248,12 +278,11 @@ def sample_next_tokens(
         candidates = filter_logits(candidates, config.top_k, config.top_p)
         # Gumbel-max: argmax(logits - log(-log U)), U ~ Uniform[0, 1), samples from softmax(logits).
         # U == 0 gives -inf (never chosen); U < 1, so no +inf and no NaN next to -inf logits.
-        if isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
-            if len(generator) != candidates.shape[0]:
-                raise ValueError(f"{len(generator)} row generators for {candidates.shape[0]} rows")
-            uniform = torch.stack(
-                [torch.rand(candidates.shape[-1], generator=g, device=candidates.device) for g in generator]
-            )
+        if isinstance(generator, _RowNoise):
+            uniform = generator.next()
+        elif isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
+            _check_row_generators(generator, candidates.shape[0])
+            uniform = _RowNoise(generator, candidates.shape[-1], candidates.device, steps_per_draw=1).next()
         else:
             uniform = torch.rand(candidates.shape, generator=generator, device=candidates.device)
         tokens = (candidates - uniform.log_().neg_().log_()).argmax(dim=-1)
@@ -455,11 +484,57 @@ def generate(
                 prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
             if mrope:
                 backbone.rope_deltas = backbone.rope_deltas.repeat_interleave(num_samples, dim=0)
-            # 3. Decode.
+            # 3. Decode, writing the cache in place.
+            _preallocate_cache(cache, int(prompt_mask.shape[1]) + config.max_new_tokens)
             return _decode(model, backbone, cache, logits, position, prompt_mask, config, mrope, generator)
         finally:
             if mrope:
                 backbone.rope_deltas = saved_rope_deltas
+
+
+def _preallocate_cache(cache, capacity: int) -> None:
+    """Give every plain dynamic layer of ``cache`` a buffer of ``capacity`` positions, so decoding
+    writes each step in place instead of re-concatenating the whole cache (15% of a CPU rollout;
+    on a GPU with 64 rows and a 1k-token prompt, ~4 GB copied per token). Other layer types (sliding
+    window, static) are left as they are."""
+    from transformers.cache_utils import DynamicLayer
+
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[index] = _preallocated_layer_class()(layer, capacity)
+
+
+@functools.lru_cache(maxsize=None)
+def _preallocated_layer_class():
+    """A ``DynamicLayer`` whose keys/values are views of a buffer allocated once (built on first
+    use so that importing this module does not import transformers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def __init__(self, layer: DynamicLayer, capacity: int):
+            super().__init__()
+            rows, heads, length, dim = layer.keys.shape
+            if capacity < length:
+                raise ValueError(f"cache capacity {capacity} below its current length {length}")
+            self._keys = layer.keys.new_empty(rows, heads, capacity, dim)
+            self._values = layer.values.new_empty(rows, heads, capacity, layer.values.shape[-1])
+            self._keys[..., :length, :] = layer.keys
+            self._values[..., :length, :] = layer.values
+            self._length = length
+            self.dtype, self.device, self.is_initialized = layer.keys.dtype, layer.keys.device, True
+            self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+
+        def update(self, key_states, value_states, cache_kwargs=None):
+            end = self._length + key_states.shape[-2]
+            if end > self._keys.shape[-2]:
+                raise ValueError(f"decoding past the preallocated cache ({end} > {self._keys.shape[-2]})")
+            self._keys[..., self._length : end, :] = key_states
+            self._values[..., self._length : end, :] = value_states
+            self._length = end
+            self.keys, self.values = self._keys[..., :end, :], self._values[..., :end, :]
+            return self.keys, self.values
+
+    return PreallocatedLayer
 
 
 def _decode(
@@ -484,6 +559,9 @@ def _decode(
     stop = _StopMatcher(config, num_rows, logits.shape[-1], device)
     suppress_ids = torch.tensor(config.suppress_token_ids, dtype=torch.long, device=device)
 
+    if isinstance(generator, (list, tuple)):
+        _check_row_generators(generator, num_rows)
+        generator = _RowNoise(generator, logits.shape[-1], device)
     num_steps = max_new
     for step in range(max_new):
         next_tokens, next_logprobs = sample_next_tokens(logits, config, generator, suppress_ids)

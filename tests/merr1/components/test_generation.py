@@ -681,3 +681,20 @@ def test_teacher_forced_logits_checks_its_inputs(qwen2):
     partial[:, -1] = False
     with pytest.raises(ValueError, match="within response_mask"):
         teacher_forced_logits(qwen2, ids, mask, response, partial, full, num_samples=2)
+
+
+def test_preallocated_cache_layer_writes_in_place_and_refuses_overflow():
+    from transformers.cache_utils import DynamicLayer
+
+    from merr1.components.generation import _preallocated_layer_class
+
+    layer = DynamicLayer()
+    layer.update(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4))
+    grown = _preallocated_layer_class()(layer, capacity=5)
+    keys, values = grown.update(torch.full((2, 1, 1, 4), 2.0), torch.full((2, 1, 1, 4), 3.0))
+    assert keys.shape == (2, 1, 4, 4) and grown.get_seq_length() == 4
+    assert keys[0, 0, :, 0].tolist() == [1.0, 1.0, 1.0, 2.0] and values[0, 0, -1, 0] == 3.0
+    assert keys.data_ptr() == grown._keys.data_ptr()  # a view of the buffer, no copy
+    grown.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
+    with pytest.raises(ValueError, match="past the preallocated cache"):
+        grown.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
