@@ -69,7 +69,7 @@ from merr1.components.emotion_wheel import ANSWER_FALLBACKS, extract_answer, par
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
 from merr1.components.metric_logging import atomic_write_text, save_config, to_jsonable
 from merr1.components.models import is_thinker, logits_only_at, resolve_dtype
-from merr1.components.prompts import IM_END
+from merr1.components.tokenizer import stop_token_ids
 
 log = logging.getLogger("merr1.eval")
 
@@ -142,7 +142,7 @@ class EvalRecipe:
             temperature=cfg.sampling.temperature,
             top_p=cfg.sampling.top_p,
             top_k=cfg.sampling.top_k,
-            eos_token_ids=sorted({tok.eos_token_id, tok.convert_tokens_to_ids(IM_END), tok.pad_token_id} - {None}),
+            eos_token_ids=stop_token_ids(tok),
             pad_token_id=tok.pad_token_id,
             stop_strings=StopStrings.from_tokenizer(tok, list(cfg.sampling.stop_strings)),
             suppress_token_ids=media_token_ids(self._model.config),

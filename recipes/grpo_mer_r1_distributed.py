@@ -29,6 +29,7 @@ What a demanding user should know:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -57,7 +58,8 @@ from merr1.components.generation import (
 from merr1.components.metric_logging import MetricLogger, SampleLogger, format_metrics, save_config
 from merr1.components.models import is_thinker, resolve_dtype
 from merr1.components.optim import clip_grad_norm
-from merr1.components.prompts import QWEN_OMNI_SYSTEM_PROMPT, PromptEncoder
+from merr1.components.prompts import AUDIO_TOKEN, VIDEO_TOKEN, build_chat_prompt, encode_text
+from merr1.components.tokenizer import stop_token_ids
 from merr1.rewards import EmotionSetRewards, RewardBatch, merge_outputs
 
 log = logging.getLogger("merr1.grpo")
@@ -140,7 +142,7 @@ class GRPORecipe:
             temperature=gen.temperature,
             top_p=gen.top_p,
             top_k=gen.top_k,
-            eos_token_ids=[self._tokenizer.eos_token_id],
+            eos_token_ids=stop_token_ids(self._tokenizer),
             pad_token_id=self._tokenizer.pad_token_id,
             stop_strings=StopStrings.from_tokenizer(self._tokenizer, list(gen.stop_strings)) if gen.stop_strings else None,
             suppress_token_ids=suppress,
@@ -148,7 +150,7 @@ class GRPORecipe:
         self._recheck_sampling = SamplingConfig(
             max_new_tokens=gen.max_new_tokens,
             temperature=0.0,
-            eos_token_ids=[self._tokenizer.eos_token_id],
+            eos_token_ids=stop_token_ids(self._tokenizer),
             pad_token_id=self._tokenizer.pad_token_id,
             suppress_token_ids=suppress,
         )
@@ -205,8 +207,6 @@ class GRPORecipe:
                 f"{self._prompts_per_step} prompts per step"
             )
         self._total_steps = self._epochs * self._steps_per_epoch
-        # Re-check prompts of rewards that need a second policy pass (EMO-R3).
-        self._recheck_encoder = PromptEncoder(self._tokenizer, system_prompt=QWEN_OMNI_SYSTEM_PROMPT)
 
     def _setup_rewards(self, cfg: DictConfig) -> None:
         self._rewards = [config.instantiate(reward) for reward in cfg.rewards]
@@ -354,8 +354,10 @@ class GRPORecipe:
         return ref
 
     def _reflective_generate(self, rollout: dict[str, Any]):
-        """Callback for rewards that need a second policy pass (EMO-R3 re-checks): greedy replies."""
-        encoder = self._recheck_encoder
+        """Callback for rewards that need a second policy pass (EMO-R3 re-checks): greedy replies
+        to plain user turns (the query text, with the prompt's media when asked)."""
+        system_prompt = self._dataset.encoder.prompts.system_prompt
+        audio_id, video_id = (self._tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_TOKEN, VIDEO_TOKEN))
 
         def reply(queries) -> list[str]:
             replies = [""] * len(queries)
@@ -366,18 +368,22 @@ class GRPORecipe:
             self._model.eval()
             for prompt_index, members in by_media.items():
                 prompt = rollout["prompt_ids_unpadded"][prompt_index] if prompt_index is not None else None
-                num_audio = 0 if prompt is None else int((prompt == encoder.audio_id).sum())
-                num_video = 0 if prompt is None else int((prompt == encoder.video_id).sum())
+                num_audio = 0 if prompt is None else int((prompt == audio_id).sum())
+                num_video = 0 if prompt is None else int((prompt == video_id).sum())
                 samples = [
-                    {"name": str(i), "prompt_ids": torch.tensor(encoder.encode(queries[i].text, num_audio, num_video)),
-                     "media": rollout["sample_media"][prompt_index] if prompt is not None else {}}
+                    {"name": str(i), "media": rollout["sample_media"][prompt_index] if prompt is not None else {},
+                     "prompt_ids": torch.tensor(encode_text(self._tokenizer, build_chat_prompt(
+                         queries[i].text, num_audio=num_audio, num_video=num_video, system_prompt=system_prompt)))}
                     for i in members
                 ]  # fmt: skip
                 batch = self._collator(samples)
+                sampling = dataclasses.replace(
+                    self._recheck_sampling, max_new_tokens=max(queries[i].max_new_tokens for i in members)
+                )
                 with torch.no_grad(), self._autocast():
                     result = generate(
                         self._model, batch["prompt_ids"].to(self._device), batch["prompt_mask"].to(self._device),
-                        self._recheck_sampling, media=self._media([s["media"] for s in samples]) or None,
+                        sampling, media=self._media([s["media"] for s in samples]) or None,
                     )  # fmt: skip
                 for i, text in zip(members, self._decode(result.response_ids, result.response_mask)):
                     replies[i] = text

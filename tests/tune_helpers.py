@@ -11,8 +11,12 @@ TUNE = str(Path(sys.executable).parent / "tune")
 
 
 def tune(args, *, check=True, timeout=900) -> subprocess.CompletedProcess:
-    """``tune <args>`` with one OpenMP thread per process (2 ranks share the 2 test cores)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    """``tune <args>`` with one OpenMP thread per process (2 ranks share the 2 test cores).
+
+    PYTHONPATH = this checkout: `tune` then registers THIS checkout's recipes and configs even if
+    the editable install points at another one (e.g. a git worktree).
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run([TUNE, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert proc.returncode == 0, (

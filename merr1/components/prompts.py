@@ -266,6 +266,16 @@ def build_prompt(
     )
 
 
+def build_chat_prompt(
+    text: str, *, num_audio: int = 0, num_video: int = 0, system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT
+) -> str:
+    """A plain chat turn up to the assistant header: system turn, then a user turn of the media
+    block and ``text`` (no subtitle wrapper, no response-format instruction). Used for second
+    passes of the policy such as EMO-R3's re-check questions."""
+    system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt is not None else ""
+    return f"{system}{IM_START}user\n{media_placeholder(num_audio, num_video)}{text}{IM_END}\n{IM_START}assistant\n"
+
+
 def _token_id(tokenizer, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):

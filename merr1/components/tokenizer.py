@@ -145,6 +145,20 @@ def token_bytes(tokenizer, token_ids: Sequence[int]) -> list[bytes]:
     return out
 
 
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end a generated answer: the tokenizer's EOS plus Qwen's end-of-turn and
+    end-of-text tokens when the vocabulary has them (Qwen chat checkpoints stop on both)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in END_TOKENS if token in vocab]
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and none of " + ", ".join(END_TOKENS))
+    return sorted(set(ids))
+
+
 @functools.lru_cache(maxsize=None)
 def _load_tiny_tokenizer(path: str):
     from transformers import AutoTokenizer

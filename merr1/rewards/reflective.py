@@ -52,8 +52,10 @@ class RecheckQuery:
         kind: ``"text"`` or ``"modality"``.
         prompt_index: the prompt b whose media go with the query when ``use_media``.
         response_index: the response ``b*G+g`` being re-checked.
-        text: the user-turn text (the recipe wraps it in its chat template).
+        text: the user-turn text (the recipe sends it as a plain user turn: no subtitle, no
+            response-format instruction).
         use_media: attach the prompt's media (modality re-check) or not (text re-check).
+        max_new_tokens: the reply's token budget (short: a word list or yes/no).
     """
 
     kind: str
@@ -61,6 +63,7 @@ class RecheckQuery:
     response_index: int
     text: str
     use_media: bool
+    max_new_tokens: int = 32
 
 
 def extract_step(response: str, k: int) -> str | None:
@@ -94,10 +97,14 @@ class ReflectiveRewards:
         extras_key: str = "reflective_generate",
         text_question: str = TEXT_RECHECK_QUESTION,
         modality_question: str = MODALITY_RECHECK_QUESTION,
+        max_new_tokens: int = 32,
     ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.extras_key = extras_key
         self.text_question = text_question
         self.modality_question = modality_question
+        self.max_new_tokens = max_new_tokens
 
     def queries(self, batch: RewardBatch) -> list[RecheckQuery]:
         """The re-check queries of a batch (responses lacking the needed steps get none)."""
@@ -107,9 +114,9 @@ class ReflectiveRewards:
                 i = b * batch.group_size + g
                 step1, step2 = extract_step(response, 1), extract_step(response, 2)
                 if step1 is not None and step2 is not None:
-                    out.append(RecheckQuery("text", b, i, f"{step1}\n{step2}\n{self.text_question}", False))
+                    out.append(RecheckQuery("text", b, i, f"{step1}\n{step2}\n{self.text_question}", False, self.max_new_tokens))
                 if step1 is not None:
-                    out.append(RecheckQuery("modality", b, i, f"{step1}\n{self.modality_question}", True))
+                    out.append(RecheckQuery("modality", b, i, f"{step1}\n{self.modality_question}", True, self.max_new_tokens))
         return out
 
     def __call__(self, batch: RewardBatch) -> RewardOutput:

@@ -21,15 +21,13 @@ import math
 import os
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
+from tune_helpers import REPO_ROOT, tune_run
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TUNE = str(Path(sys.executable).parent / "tune")
 CONFIG_ROOT = REPO_ROOT / "recipes" / "configs"
 OMNI = CONFIG_ROOT / "qwen2_5_omni"
 MAIN_GRPO = OMNI / "7B_grpo_mer_r1.yaml"
@@ -112,16 +110,10 @@ TINY = [
 GRPO_ONLY = ["num_generations=2", "generation.max_new_tokens=16"]
 
 
-def tune_run(path: Path, out_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+def run_launch_line(path: Path, out_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     """The header's launch command in one CPU process (its --nproc_per_node dropped) + overrides."""
     _, recipe, name, _ = launch_line(path)
-    # PYTHONPATH: `tune` must register THIS checkout's recipes and configs (an editable install
-    # of another checkout would resolve the names there).
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(
-        [TUNE, "run", recipe, "--config", name, f"output_dir={out_dir}", *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    return tune_run(recipe, name, [f"output_dir={out_dir}", *overrides], check=False, timeout=600)
 
 
 # Run id -> (config file, overrides). Every shipped config keeps beta = 0, so the beta > 0 path
@@ -150,7 +142,7 @@ def runs(request, tmp_path_factory):
     for run_id in dict.fromkeys(selected):
         path, overrides = RUNS[run_id]
         out_dir = tmp_path_factory.mktemp(run_id.rsplit("/", 1)[-1].replace("+", "_"))
-        futures[run_id] = (out_dir, pool.submit(tune_run, path, out_dir, overrides))
+        futures[run_id] = (out_dir, pool.submit(run_launch_line, path, out_dir, overrides))
     yield futures
     pool.shutdown(cancel_futures=True)
 

@@ -231,3 +231,17 @@ def test_encode_target_truncates_reasoning_only(tok, fmt):
     empty, dropped_all = encode_target(tok, reason, ["angry", "sad"], fmt, max_reason_tokens=0)
     assert dropped_all == num_reason
     assert tok.decode(empty[:-1]) == get_response_format(fmt).format_target("", ["angry", "sad"])
+
+
+def test_build_chat_prompt_is_a_plain_user_turn():
+    from merr1.components.prompts import build_chat_prompt
+
+    text = build_chat_prompt("Can this text describe the input? Answer yes or no.", num_audio=2, num_video=1,
+                             system_prompt="S")  # fmt: skip
+    assert text == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n"
+        "<|audio_bos|><|AUDIO|><|AUDIO|><|audio_eos|><|vision_bos|><|VIDEO|><|vision_eos|>"
+        "Can this text describe the input? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "Subtitle" not in build_chat_prompt("x", system_prompt=None)
+    assert build_chat_prompt("x", system_prompt=None) == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"

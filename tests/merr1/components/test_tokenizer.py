@@ -53,3 +53,9 @@ def test_missing_tokenizer_files_are_clear_errors(tmp_path):
         tiny_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
         load_tokenizer(tmp_path / "nope")
+
+
+def test_stop_token_ids_cover_end_of_turn_and_end_of_text(tok):
+    from merr1.components.tokenizer import stop_token_ids
+
+    assert stop_token_ids(tok) == [0, 2]  # <|endoftext|>, <|im_end|> (= eos)
