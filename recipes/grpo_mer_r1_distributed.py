@@ -56,7 +56,7 @@ from merr1.components.generation import (
     teacher_forced_logits,
 )
 from merr1.components.metric_logging import MetricLogger, SampleLogger, format_metrics, save_config
-from merr1.components.models import is_thinker, resolve_dtype
+from merr1.components.models import is_thinker, multimodal_encoders, resolve_dtype
 from merr1.components.optim import clip_grad_norm
 from merr1.components.prompts import AUDIO_TOKEN, VIDEO_TOKEN, build_chat_prompt, encode_text
 from merr1.components.tokenizer import stop_token_ids
@@ -70,6 +70,7 @@ CONFIG_KEYS = {
     "epochs", "max_steps_per_epoch", "shuffle", "generation", "rewards", "calibration", "advantage",
     "loss", "metrics_answer_scheme", "optimizer", "lr_scheduler", "max_grad_norm",
     "fsdp_reshard_after_forward", "fsdp_cpu_offload", "enable_activation_checkpointing", "compile",
+    "freeze_multimodal_encoders",
     "float8", "save_every_n_steps", "keep_last_n_checkpoints", "save_dtype", "resume_from_checkpoint",
     "log_every_n_steps", "log_samples_every_n_steps", "num_logged_samples",
 }  # fmt: skip
@@ -256,6 +257,9 @@ class GRPORecipe:
         if not trainable:
             model.requires_grad_(False)
             model.eval()
+        elif cfg.freeze_multimodal_encoders:  # audio + vision encoders keep their weights (memory: no grads/Adam states)
+            for encoder in multimodal_encoders(model):
+                encoder.requires_grad_(False)
         return model
 
     # ------------------------------------------------------------------------------- pieces

@@ -43,7 +43,7 @@ from merr1.components.checkpointing import DataPosition, PreemptionHandler, Trai
 from merr1.components.data import IGNORE_INDEX
 from merr1.components.loss import cross_entropy_sum
 from merr1.components.metric_logging import MetricLogger, format_metrics, save_config
-from merr1.components.models import logits_only_at, resolve_dtype
+from merr1.components.models import logits_only_at, multimodal_encoders, resolve_dtype
 from merr1.components.optim import clip_grad_norm
 
 log = logging.getLogger("merr1.sft")
@@ -54,6 +54,7 @@ CONFIG_KEYS = {
     "collator", "num_workers", "batch_size", "epochs", "max_steps_per_epoch",
     "gradient_accumulation_steps", "shuffle", "optimizer", "lr_scheduler", "max_grad_norm",
     "fsdp_reshard_after_forward", "fsdp_cpu_offload", "enable_activation_checkpointing", "compile",
+    "freeze_multimodal_encoders",
     "float8", "save_every_n_steps", "keep_last_n_checkpoints", "save_dtype",
     "resume_from_checkpoint", "log_every_n_steps",
 }  # fmt: skip
@@ -181,6 +182,9 @@ class SFTRecipe:
         else:  # random initialisation from the builder's seed (tiny models), broadcast from rank 0
             full = config.instantiate(cfg.model, dtype=torch.float32, device="cpu").state_dict() if self._is_rank_zero else None
             checkpoint_io.load_full_state_dict(model, full, load_device)
+        if cfg.freeze_multimodal_encoders:  # audio + vision encoders keep their weights (memory: no grads/Adam states)
+            for encoder in multimodal_encoders(model):
+                encoder.requires_grad_(False)
         model.train()
         return model
 

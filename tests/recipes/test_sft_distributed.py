@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
 
 CONFIG = "recipes/configs/debug/sft_tiny.yaml"
@@ -109,3 +110,20 @@ def test_float8_path_runs_on_cpu(tmp_path):
     assert "float8 (rowwise): 14 linear layers converted" in proc.stderr
     rows = read_metrics(tmp_path)
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_frozen_multimodal_encoders_keep_their_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from merr1.components.checkpoint_io import hf_to_model_key
+    from merr1.components.models import tiny_thinker
+
+    sft_run([f"output_dir={tmp_path}", "epochs=1", "max_steps_per_epoch=3", "freeze_multimodal_encoders=true", *FAST])
+    initial = tiny_thinker(seed=0, hidden_size=128, intermediate_size=256).state_dict()
+    trained = {hf_to_model_key(k, thinker=True): v for k, v in load_file(tmp_path / "hf" / "model.safetensors").items()}
+    encoders = [k for k in trained if ".audio_tower." in f".{k}" or ".visual." in f".{k}"]
+    assert encoders and set(encoders) <= set(initial)
+    for key in encoders:
+        assert torch.equal(trained[key], initial[key]), key
+    q_proj = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained[q_proj], initial[q_proj])  # the LLM trained
