@@ -17,8 +17,8 @@ steps) and the recipe's own time split (generate / calibrate / score / train). T
     python benchmarks/bench_grpo_gpu.py --tiny --real-vocab    # same, real-size tokenizer and vocabulary
 
 What differs from a production run, and why:
-- Weights are random (no download is possible), so the policy never emits EOS: every response
-  is sampled to the full 256 tokens. After sampling, each response's first tokens are
+- Weights are random (no download is possible); the stop tokens and stop strings are suppressed
+  (``BenchGRPORecipe.setup``) so every response is sampled to the full 256 tokens. After sampling, each response's first tokens are
   overwritten with ``<think>`` and its last ones with ``</think><answer>words</answer>`` + EOS
   (``BenchGRPORecipe._rollout``), so rewards, the calibration's answer-word location and its
   fast-thinking forward see well-formed answers, as with a trained policy. The sampling work is
@@ -47,6 +47,7 @@ placeholders (``--video-grid`` t h w -> t*h*w/4 tokens; the default 4 x 24 x 24 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -212,7 +213,7 @@ class SyntheticRLDataset(Dataset):
         subtitle_words: int = 20,
         seed: int = 0,
     ):
-        encoder = PromptEncoder(tokenizer)
+        self.encoder = encoder = PromptEncoder(tokenizer)  # the recipe reads encoder.prompts (re-checks)
         self.video_grid = tuple(int(x) for x in video_grid)
         self.num_audio = num_audio_tokens(audio_frames)
         self.num_video = num_video_tokens(self.video_grid)
@@ -273,6 +274,15 @@ def _recipe_class():
                 model.requires_grad_(False)
                 model.eval()
             return model
+
+        def setup(self, cfg) -> None:
+            super().setup(cfg)
+            # Random weights: the stop tokens and strings are never sampled, so every response runs
+            # to max_new_tokens and every step measures the same work (a real policy stops earlier).
+            stops = self._sampling.eos_token_ids
+            self._sampling = dataclasses.replace(
+                self._sampling, stop_strings=None, suppress_token_ids=[*self._sampling.suppress_token_ids, *stops]
+            )
 
         def _rollout(self, batch):
             rollout = super()._rollout(batch)

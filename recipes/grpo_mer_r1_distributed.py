@@ -96,6 +96,14 @@ class GRPORecipe:
         self._world_size, self._rank = distributed.init_distributed()
         self._is_rank_zero = self._rank == 0
         self._device = distributed.device_for_rank(cfg.device)
+        # FSDP2 whenever launched by torchrun (also --nproc_per_node 1: CPU offload on one GPU);
+        # a plain process trains unsharded, with torch.autocast for bf16.
+        self._sharded = torch.distributed.is_initialized()
+        if cfg.fsdp_cpu_offload and (not self._sharded or self._device.type != "cuda"):
+            raise ValueError(
+                "fsdp_cpu_offload keeps FSDP-sharded GPU parameters in CPU memory: it needs device cuda and "
+                "a `tune run --nproc_per_node N` launch (N >= 1)"
+            )
         self._dtype = resolve_dtype(cfg.dtype)
         if self._dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be fp32 or bf16, got {cfg.dtype}")
@@ -116,6 +124,8 @@ class GRPORecipe:
         self._save_dtype = resolve_dtype(cfg.save_dtype)
         self._resume = cfg.resume_from_checkpoint
         self._position = DataPosition()
+        if not cfg.generation.temperature > 0:
+            raise ValueError(f"generation.temperature must be > 0 for GRPO (G samples per prompt), got {cfg.generation.temperature}")
 
     # ------------------------------------------------------------------------------- setup
     def setup(self, cfg: DictConfig) -> None:
@@ -240,7 +250,7 @@ class GRPORecipe:
             parallel.apply_activation_checkpointing(model)
         if cfg.compile:
             parallel.compile_decoder_layers(model)
-        if self._world_size > 1:
+        if self._sharded:
             parallel.shard_model(
                 model,
                 param_dtype=self._dtype,
@@ -264,7 +274,7 @@ class GRPORecipe:
 
     # ------------------------------------------------------------------------------- pieces
     def _autocast(self):
-        use = self._world_size == 1 and self._dtype == torch.bfloat16
+        use = not self._sharded and self._dtype == torch.bfloat16
         return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=use)
 
     def _media(self, sample_media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -360,10 +370,9 @@ class GRPORecipe:
     def _reflective_generate(self, rollout: dict[str, Any]):
         """Callback for rewards that need a second policy pass (EMO-R3 re-checks): greedy replies
         to plain user turns (the query text, with the prompt's media when asked)."""
-        system_prompt = self._dataset.encoder.prompts.system_prompt
-        audio_id, video_id = (self._tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_TOKEN, VIDEO_TOKEN))
-
         def reply(queries) -> list[str]:
+            system_prompt = self._dataset.encoder.prompts.system_prompt
+            audio_id, video_id = (self._tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_TOKEN, VIDEO_TOKEN))
             replies = [""] * len(queries)
             # One batch per prompt whose media go with its queries, one for all text-only queries.
             by_media: dict[int | None, list[int]] = {}

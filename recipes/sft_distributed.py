@@ -71,6 +71,14 @@ class SFTRecipe:
         self._world_size, self._rank = distributed.init_distributed()
         self._is_rank_zero = self._rank == 0
         self._device = distributed.device_for_rank(cfg.device)
+        # FSDP2 whenever launched by torchrun (also --nproc_per_node 1: CPU offload on one GPU);
+        # a plain process trains unsharded, with torch.autocast for bf16.
+        self._sharded = torch.distributed.is_initialized()
+        if cfg.fsdp_cpu_offload and (not self._sharded or self._device.type != "cuda"):
+            raise ValueError(
+                "fsdp_cpu_offload keeps FSDP-sharded GPU parameters in CPU memory: it needs device cuda and "
+                "a `tune run --nproc_per_node N` launch (N >= 1)"
+            )
         self._dtype = resolve_dtype(cfg.dtype)
         if self._dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be fp32 or bf16, got {cfg.dtype}")
@@ -168,7 +176,7 @@ class SFTRecipe:
             parallel.apply_activation_checkpointing(model)
         if cfg.compile:
             parallel.compile_decoder_layers(model)
-        if self._world_size > 1:
+        if self._sharded:
             parallel.shard_model(
                 model,
                 param_dtype=self._dtype,
@@ -193,7 +201,7 @@ class SFTRecipe:
         return [next(batches) for _ in range(self._grad_accum)]
 
     def _autocast(self):
-        use = self._world_size == 1 and self._dtype == torch.bfloat16
+        use = not self._sharded and self._dtype == torch.bfloat16
         return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=use)
 
     def _train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:

@@ -38,12 +38,16 @@ def test_loss_goes_down_and_logs_every_step(tmp_path):
     assert (out / "config.yaml").is_file()
 
 
-def test_two_ranks_match_one_rank_with_the_global_batch(tmp_path):
+def test_two_ranks_and_one_fsdp_rank_match_one_process_with_the_global_batch(tmp_path):
     common = ["epochs=1", "max_steps_per_epoch=4", "shuffle=false", *FAST]
     sft_run([f"output_dir={tmp_path / 'one'}", "batch_size=4", *common])
     sft_run([f"output_dir={tmp_path / 'two'}", "batch_size=2", *common], nproc=2)
+    sft_run([f"output_dir={tmp_path / 'fsdp1'}", "batch_size=4", *common], nproc=1)  # FSDP on one rank
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert len(one) == len(two) == 4
+    fsdp1 = read_metrics(tmp_path / "fsdp1")
+    assert len(one) == len(two) == len(fsdp1) == 4
+    for a, b in zip(one, fsdp1):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     for a, b in zip(one, two):
         assert a["num_target_tokens"] == b["num_target_tokens"]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
