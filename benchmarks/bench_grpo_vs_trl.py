@@ -6,8 +6,9 @@ so the shared machine's load hits both alike. 1 torch thread. For each side: rol
 second = completions of one optimizer step / that step's wall time (median over the measured
 steps, after ``--warmup`` steps), the same per second of process CPU time, and the time split.
 
-    PYTHONPATH=/work/bench_site python benchmarks/bench_grpo_vs_trl.py            # the RESULTS.md table
-    PYTHONPATH=/work/bench_site python benchmarks/bench_grpo_vs_trl.py --profile outputs/grpo_prof
+    pip install -e ".[bench]"                                        # trl + accelerate, once
+    python benchmarks/bench_grpo_vs_trl.py                            # the RESULTS.md table
+    python benchmarks/bench_grpo_vs_trl.py --profile outputs/grpo_prof
 
 TRL is not a merr1 dependency: install it only for this benchmark (the ``bench`` extra, or
 point PYTHONPATH at a folder holding trl/accelerate). Written against trl 1.16.0.
