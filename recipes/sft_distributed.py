@@ -13,8 +13,9 @@ What a demanding user should know:
   number of target tokens of the optimizer step (all ranks, all micro-batches): N ranks x batch B
   train exactly like 1 rank x batch N*B. FSDP averages gradients over ranks, so each rank's loss is
   scaled by the world size before ``backward``.
-- ``dtype: bf16`` keeps float32 master weights: FSDP2's MixedPrecisionPolicy when distributed,
-  ``torch.autocast`` in a single plain process.
+- ``dtype: bf16`` keeps float32 master weights: FSDP2's MixedPrecisionPolicy when launched by
+  torchrun (``tune run --nproc_per_node N``, also N = 1, which allows ``fsdp_cpu_offload`` on one
+  GPU), ``torch.autocast`` in a single plain process (``tune run`` without ``--nproc_per_node``).
 - Only the rows of the logits that predict a target are computed (``logits_only_at``): the long
   audio/video prompt never reaches ``lm_head``.
 - Resume (``resume_from_checkpoint: true``) restores model, optimizer, scheduler, data position

@@ -134,3 +134,20 @@ def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, 
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)  # batch-composition rounding only
     assert any(g.abs().sum() > 0 for g in without)
     recipe.cleanup()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"generation": {"temperature": 0.0}}, "generation.temperature must be > 0"),
+        ({"fsdp_cpu_offload": True}, "fsdp_cpu_offload keeps FSDP-sharded GPU parameters"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_at_construction(tmp_path, monkeypatch, override, message):
+    from recipes.grpo_mer_r1_distributed import GRPORecipe
+
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_ROOT / CONFIG), override, {"output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match=message):
+        GRPORecipe(cfg)
+    assert not (tmp_path / "metrics.jsonl").exists()
