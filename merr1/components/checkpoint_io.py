@@ -238,8 +238,9 @@ def load_full_state_dict(
         if device is None:
             raise ValueError("the model has meta parameters: pass the device to materialise them on")
         materialize_meta_model(model, device)
-    # FSDP-sharded (DTensor parameters, also with one rank) -> set_model_state_dict; else plain.
-    distributed = dist.is_available() and dist.is_initialized() and _is_sharded(model)
+    # Several ranks (sharded, or replicated as in eval_mer: rank 0 broadcasts) or an FSDP-sharded
+    # model on one rank (DTensor parameters) -> set_model_state_dict; else a plain load.
+    distributed = dist.is_available() and dist.is_initialized() and (dist.get_world_size() > 1 or _is_sharded(model))
     if not distributed:
         if full_state_dict is None:
             raise ValueError("full_state_dict is required in a single process")
@@ -297,7 +298,7 @@ def gather_full_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -
             keep their original keys).
         dtype: cast floating tensors to this dtype (``None`` keeps them).
     """
-    distributed = dist.is_available() and dist.is_initialized() and _is_sharded(model)
+    distributed = dist.is_available() and dist.is_initialized() and (dist.get_world_size() > 1 or _is_sharded(model))
     if distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

@@ -254,6 +254,12 @@ def _two_rank_scenario(out: dict, thinker_dir: str, qwen2_dir: str, save_root: s
     out["caller_dict_untouched"] = full_state_dict is None or all(
         type(t) is torch.Tensor for t in full_state_dict.values()
     )
+    # Replicated, unsharded model (eval_mer's data parallelism): rank 0's weights reach every rank.
+    replicated = tiny_thinker(device="meta")
+    load_full_state_dict(replicated, full_state_dict, device="cpu")
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, _logits(replicated, batch))
+    out["replicated_logits_per_rank"] = per_rank
 
     for name, builder, checkpoint_dir, kwargs in (
         ("thinker", qwen2_5_omni_thinker, thinker_dir, batch),
@@ -303,7 +309,10 @@ def two_ranks(tmp_path_factory):
 def test_two_ranks_load_from_rank0_equals_unsharded(two_ranks):
     results, _ = two_ranks
     batch = multimodal_batch(tiny_thinker(device="meta"))
-    assert torch.equal(results["seeded_logits"], _logits(tiny_thinker(seed=3), batch))
+    expected = _logits(tiny_thinker(seed=3), batch)
+    assert torch.equal(results["seeded_logits"], expected)
+    assert len(results["replicated_logits_per_rank"]) == 2
+    assert all(torch.equal(logits, expected) for logits in results["replicated_logits_per_rank"])
     assert results["caller_dict_untouched"]
 
 
