@@ -18,16 +18,19 @@ CONFIG = "recipes/configs/debug/grpo_mer_r1_tiny.yaml"
 SMALL = ["gradient_accumulation_steps=1", "generation.max_new_tokens=32"]
 
 
-def test_two_ranks_match_one_rank(tmp_path, tiny_sft_checkpoint):
-    """Same global batch: 2 gloo ranks x 2 prompts == 1 rank x 4 prompts (per-row sampling seeds)."""
+def test_two_ranks_and_one_fsdp_rank_match_one_process(tmp_path, tiny_sft_checkpoint):
+    """Same global batch: 2 gloo ranks x 2 prompts == 1 FSDP rank (torchrun, --nproc_per_node 1)
+    x 4 prompts == 1 plain process x 4 prompts (per-row sampling seeds)."""
     common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=3", "shuffle=false", *SMALL]
     tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'one'}", "batch_size=4", *common])
     tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'two'}", "batch_size=2", *common], nproc=2)
+    tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'fsdp1'}", "batch_size=4", *common], nproc=1)
     one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
-    assert len(one) == len(two) == 3
+    fsdp1 = read_jsonl(tmp_path / "fsdp1" / "metrics.jsonl")
+    assert len(one) == len(two) == len(fsdp1) == 3
     assert one[0]["reward/recall/mean"] > 0  # non-trivial rollouts
     assert any(row["grad_norm"] > 0 for row in one)
-    for a, b in zip(one, two):
+    for a, b in [*zip(one, two), *zip(one, fsdp1)]:
         for key in ("reward/recall/mean", "reward/precision/mean", "reward/format/mean", "response_length/mean"):
             assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
         for key in ("reward/cali_pos/mean", "loss", "grad_norm"):
