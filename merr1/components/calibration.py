@@ -144,7 +144,6 @@ class CategoryFirstTokens:
                 for word in by_category.get(name, ()):
                     self._words.append(word)
                     self._word_category.append(offsets[k] + j)
-        self._index = {name: j for k in range(self.num_wheels) for j, name in enumerate(self.categories[k])}
         self.spellings: list[str] = []
         self._sets: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._spelling_ids: dict[str, int] = {}

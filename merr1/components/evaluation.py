@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 MODES = ("slow", "fast")
 TASKS = ("ovmerd", "basic", "sentiment")
 OFFICIAL_METRIC = {"ovmerd": "f1", "basic": "hit_rate", "sentiment": "waf"}
-PAPER_DATASETS = ("OV-MERD+", "MER2023", "MER2024", "MELD", "IEMOCAP", "MOSI", "MOSEI", "SIMS", "SIMSv2")
 _NAN = float("nan")
 _MAX_LOGGED_PROBLEMS = 5
 

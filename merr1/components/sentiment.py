@@ -39,8 +39,6 @@ from merr1.components.emotion_wheel import EmotionWheels
 
 log = logging.getLogger(__name__)
 
-SENTIMENTS = ("positive", "negative", "neutral")
-
 # AffectGPT's openset -> sentiment prompt (openset_to_sentiment_qwen). Its source continues the
 # string over indented lines with backslashes, so every sentence after the first is preceded by
 # 12 spaces; reproduced as is. ``{words}`` receives e.g. "[happy, excited]".
