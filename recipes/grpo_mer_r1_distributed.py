@@ -609,6 +609,7 @@ class GRPORecipe:
                     return
             self._position = DataPosition(epoch + 1, 0, self._position.global_step)
         progress.close()
+        self.save_checkpoint()  # skipped when the last step already saved one
         final = checkpoint_io.save_hf_checkpoint(
             self._model, self._output_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
         )

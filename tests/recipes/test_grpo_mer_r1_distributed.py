@@ -74,6 +74,9 @@ def test_beta_zero_builds_no_reference_and_untagged_responses_do_not_crash(tmp_p
         assert row["reward/format/mean"] == 0.0 and row["reward/recall/mean"] == 0.0
         assert row["adv/zero_std_frac"] == 1.0 and row["grad_norm"] == 0.0
     assert (out / "hf" / "config.json").is_file()
+    # save_every_n_steps null: one resumable checkpoint at the end, with its own HF weights.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_2"]
+    assert (out / "checkpoints" / "step_2" / "hf" / "config.json").is_file()
 
 
 def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoint):

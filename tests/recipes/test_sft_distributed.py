@@ -36,6 +36,9 @@ def test_loss_goes_down_and_logs_every_step(tmp_path):
 
     assert AutoConfig.from_pretrained(out / "hf").model_type == "qwen2_5_omni_thinker"
     assert (out / "config.yaml").is_file()
+    # save_every_n_steps null: one resumable checkpoint at the end, with its own HF weights.
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_30"]
+    assert (out / "checkpoints" / "step_30" / "hf" / "config.json").is_file()
 
 
 def test_two_ranks_and_one_fsdp_rank_match_one_process_with_the_global_batch(tmp_path):
