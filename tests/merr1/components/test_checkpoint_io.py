@@ -19,8 +19,6 @@ from merr1.components.checkpoint_io import (
 from merr1.components.models import qwen2_5_omni_thinker, qwen2_causal_lm, tiny_qwen2, tiny_thinker
 from merr1.components.tokenizer import tiny_tokenizer
 
-torch.set_num_threads(1)
-
 
 def _hf_thinker(path):
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration

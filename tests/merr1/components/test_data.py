@@ -32,14 +32,6 @@ from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
 PAD = TINY_SPECIAL_TOKENS["<|endoftext|>"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return tiny_tokenizer()

@@ -26,14 +26,6 @@ from merr1.components.data_media import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FakeFrames:
     """A FrameSource over synthetic frames (no video decoding library needed)."""
 

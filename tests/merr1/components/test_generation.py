@@ -28,14 +28,6 @@ MEDIA_IDS = [S[t] for t in ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|IM
 MEDIA_IDS += [S["<|vision_bos|>"], S["<|vision_eos|>"]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def thinker():
     return tiny_thinker(seed=0).eval()

@@ -24,8 +24,6 @@ from merr1.components.models import (
 )
 from merr1.components.tokenizer import tiny_tokenizer
 
-torch.set_num_threads(1)
-
 
 def _num_params(module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -14,8 +14,6 @@ from merr1.components.parallel import (
     shard_model,
 )
 
-torch.set_num_threads(1)
-
 LLM_LINEARS = (
     "self_attn.q_proj",
     "self_attn.k_proj",

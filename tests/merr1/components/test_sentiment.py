@@ -1,7 +1,6 @@
 """Emotion words -> sentiment (merr1.components.sentiment): lexicon table, reply cleaning, LLM plumbing."""
 
 import pytest
-import torch
 
 from merr1.components.emotion_wheel import EmotionWheels
 from merr1.components.sentiment import (
@@ -92,7 +91,6 @@ def tiny_llm_dir(tmp_path_factory):
 
 
 def test_llm_mapper_plumbing(tiny_llm_dir):
-    torch.set_num_threads(1)
     inputs = [["happy"], ["sad", "angry"], [], ["surprised", "nervous", "lonely"]]
     mapper = LLMSentimentMapper(str(tiny_llm_dir), batch_size=3, max_new_tokens=6, dtype="fp32", device="cpu")
     prompts = mapper.prompts(inputs)
