@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from model_fixtures import make_fake_omni_checkpoint, multimodal_batch, text_batch
+from numerics import assert_close_to_scale
 
 from merr1.components.checkpoint_io import save_hf_checkpoint
 from merr1.components.models import (
@@ -69,9 +70,11 @@ def test_logits_only_at_equals_full_logits_rows_and_their_gradients(builder):
     with logits_only_at(model, positions):
         rows = model(**batch).logits
     assert rows.shape == (4, full.shape[-1])
-    torch.testing.assert_close(rows, full[positions].detach())
+    # Same rows of the same float32 GEMM; the sum over rows in the lm_head gradient runs in another
+    # order (4 rows vs all rows with zeros), so compare relative to the largest entry.
+    assert_close_to_scale(rows, full[positions], rtol=1e-5, what="logit rows")
     rows.square().sum().backward()
-    torch.testing.assert_close(model.lm_head.weight.grad, full_grad)
+    assert_close_to_scale(model.lm_head.weight.grad, full_grad, rtol=1e-5, what="lm_head gradient")
     assert model(**batch).logits.shape == full.shape  # the hook is gone after the block
 
 
