@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO_ROOT))  # our `recipes` package, not the one in torc
 # The config's `_component_` paths name this module; make it importable however it was loaded.
 sys.modules.setdefault("bench_grpo_gpu", sys.modules[__name__])
 
-from merr1.components.prompts import PromptEncoder, encode_pieces, num_audio_tokens, num_video_tokens  # noqa: E402
+from merr1.components.data.prompts import PromptEncoder, encode_pieces, num_audio_tokens, num_video_tokens  # noqa: E402
 
 DEBUG_CONFIG = REPO_ROOT / "recipes" / "configs" / "debug" / "grpo_mer_r1_tiny.yaml"
 # The real Qwen2.5-Omni special tokens, in id order from QWEN_FIRST_SPECIAL_ID.
@@ -176,7 +176,7 @@ def benchmark_tokenizer(tiny: bool = False):
 def synthetic_media(
     num_mel_bins: int, audio_frames: int, video_grid: tuple[int, int, int], generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """One sample's Thinker media kwargs in the media-cache layout (bf16 features, see data_media)."""
+    """One sample's Thinker media kwargs in the media-cache layout (bf16 features, see merr1.components.data.media)."""
     t, h, w = video_grid
     return {
         "input_features": torch.randn(1, num_mel_bins, audio_frames, generator=generator).to(torch.bfloat16),

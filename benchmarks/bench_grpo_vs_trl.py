@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------ shared set-up
 def save_shared_checkpoint(out_dir: Path) -> Path:
     """The tiny Qwen2 (seed 0) + tiny tokenizer as an HF directory that both trainers load."""
-    from merr1.components.checkpoint_io import save_hf_checkpoint
+    from merr1.components.hf_checkpoint import save_hf_checkpoint
 
     model = tiny_qwen2(seed=0, dtype=torch.float32)
     save_hf_checkpoint(model, out_dir, dtype=torch.float32, tokenizer=tiny_tokenizer())

@@ -62,9 +62,9 @@ from torch.utils.data import DataLoader, Subset
 from torchtune import config
 from tqdm import tqdm
 
-from merr1.components import checkpoint_io, diagnostics, distributed, evaluation
+from merr1.components import hf_checkpoint, diagnostics, distributed, evaluation
 from merr1.components.calibration import CategoryFirstTokens, category_log_confidence
-from merr1.components.data_collate import pad_sequences
+from merr1.components.data.collate import pad_sequences
 from merr1.components.emotion_wheel import ANSWER_FALLBACKS, extract_answer, parse_emotion_list
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
 from merr1.components.metric_logging import atomic_write_text, save_config, to_jsonable
@@ -218,12 +218,12 @@ class EvalRecipe:
         # keeps the whole model for its own shard of the data).
         model = config.instantiate(cfg.model, dtype=self._dtype, device="meta")
         if cfg.checkpoint_dir is not None:
-            checkpoint_io.load_hf_checkpoint(model, cfg.checkpoint_dir, self._device)
+            hf_checkpoint.load_hf_checkpoint(model, cfg.checkpoint_dir, self._device)
         else:  # random initialisation from the builder's seed (tiny models, smoke tests)
             full = None
             if self._is_rank_zero:
                 full = config.instantiate(cfg.model, dtype=self._dtype, device="cpu").state_dict()
-            checkpoint_io.load_full_state_dict(model, full, self._device)
+            hf_checkpoint.load_full_state_dict(model, full, self._device)
         model.eval()
         model.requires_grad_(False)
         return model

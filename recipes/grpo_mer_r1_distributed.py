@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from torchtune import config
 from tqdm import tqdm
 
-from merr1.components import checkpoint_io, distributed, parallel
+from merr1.components import hf_checkpoint, distributed, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.data import PromptCollator, collate_media
 from merr1.components.generation import (
@@ -58,7 +58,7 @@ from merr1.components.generation import (
 from merr1.components.metric_logging import MetricLogger, SampleLogger, format_metrics, save_config
 from merr1.components.models import is_thinker, multimodal_encoders, resolve_dtype
 from merr1.components.optim import clip_grad_norm
-from merr1.components.prompts import AUDIO_TOKEN, VIDEO_TOKEN, build_chat_prompt, encode_text
+from merr1.components.data.prompts import AUDIO_TOKEN, VIDEO_TOKEN, build_chat_prompt, encode_text
 from merr1.components.tokenizer import stop_token_ids
 from merr1.rewards import EmotionSetRewards, RewardBatch, merge_outputs
 
@@ -260,10 +260,10 @@ class GRPORecipe:
             )
         load_device = "cpu" if cfg.fsdp_cpu_offload else self._device
         if cfg.checkpoint_dir is not None:
-            checkpoint_io.load_hf_checkpoint(model, cfg.checkpoint_dir, load_device)
+            hf_checkpoint.load_hf_checkpoint(model, cfg.checkpoint_dir, load_device)
         else:  # the builder's random initialisation (tiny models), broadcast from rank 0
             full = config.instantiate(cfg.model, dtype=torch.float32, device="cpu").state_dict() if self._is_rank_zero else None
-            checkpoint_io.load_full_state_dict(model, full, load_device)
+            hf_checkpoint.load_full_state_dict(model, full, load_device)
         if not trainable:
             model.requires_grad_(False)
             model.eval()
@@ -610,7 +610,7 @@ class GRPORecipe:
             self._position = DataPosition(epoch + 1, 0, self._position.global_step)
         progress.close()
         self.save_checkpoint()  # skipped when the last step already saved one
-        final = checkpoint_io.save_hf_checkpoint(
+        final = hf_checkpoint.save_hf_checkpoint(
             self._model, self._output_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
         )
         if self._is_rank_zero:
@@ -623,7 +623,7 @@ class GRPORecipe:
             self._optimizer,
             self._lr_scheduler,
             self._position,
-            write_extra_files=lambda step_dir: checkpoint_io.save_hf_checkpoint(
+            write_extra_files=lambda step_dir: hf_checkpoint.save_hf_checkpoint(
                 self._model, step_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
             ),
         )

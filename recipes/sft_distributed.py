@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from torchtune import config
 from tqdm import tqdm
 
-from merr1.components import checkpoint_io, distributed, parallel
+from merr1.components import hf_checkpoint, distributed, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.data import IGNORE_INDEX
 from merr1.components.loss import cross_entropy_sum
@@ -187,10 +187,10 @@ class SFTRecipe:
             )
         load_device = "cpu" if cfg.fsdp_cpu_offload else self._device
         if cfg.checkpoint_dir is not None:
-            checkpoint_io.load_hf_checkpoint(model, cfg.checkpoint_dir, load_device)
+            hf_checkpoint.load_hf_checkpoint(model, cfg.checkpoint_dir, load_device)
         else:  # random initialisation from the builder's seed (tiny models), broadcast from rank 0
             full = config.instantiate(cfg.model, dtype=torch.float32, device="cpu").state_dict() if self._is_rank_zero else None
-            checkpoint_io.load_full_state_dict(model, full, load_device)
+            hf_checkpoint.load_full_state_dict(model, full, load_device)
         if cfg.freeze_multimodal_encoders:  # audio + vision encoders keep their weights (memory: no grads/Adam states)
             for encoder in multimodal_encoders(model):
                 encoder.requires_grad_(False)
@@ -284,7 +284,7 @@ class SFTRecipe:
             self._position = DataPosition(epoch + 1, 0, self._position.global_step)
         progress.close()
         self.save_checkpoint()  # skipped when the last step already saved one
-        final = checkpoint_io.save_hf_checkpoint(
+        final = hf_checkpoint.save_hf_checkpoint(
             self._model, self._output_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
         )
         if self._is_rank_zero:
@@ -302,7 +302,7 @@ class SFTRecipe:
             self._optimizer,
             self._lr_scheduler,
             self._position,
-            write_extra_files=lambda step_dir: checkpoint_io.save_hf_checkpoint(
+            write_extra_files=lambda step_dir: hf_checkpoint.save_hf_checkpoint(
                 self._model, step_dir / "hf", dtype=self._save_dtype, tokenizer=self._tokenizer
             ),
         )

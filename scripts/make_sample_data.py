@@ -4,7 +4,7 @@ evaluation sets with tiny media) used by the debug configs, the tests and the CP
     python scripts/make_sample_data.py                  # -> data/sample (seed 0)
     python scripts/make_sample_data.py --out /tmp/s --seed 1 --no_media
 
-See ``merr1.components.data_sample`` for what it contains and why it is learnable. The debug
+See ``merr1.components.data.sample`` for what it contains and why it is learnable. The debug
 configs call ``merr1.components.data.mer_caption_plus_sample``, which runs the same generator
 when ``data/sample`` is missing, so running this script by hand is optional.
 """
@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from merr1.components.data_sample import (
+from merr1.components.data.sample import (
     DEFAULT_NUM_EVAL,
     DEFAULT_NUM_SFT,
     DEFAULT_NUM_TRAIN,

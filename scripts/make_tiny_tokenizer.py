@@ -1,7 +1,7 @@
 """Retrain the shipped tiny tokenizer (``merr1/assets/tiny_tokenizer``) on the sample corpus.
 
 The corpus: every text of the generated sample set (prompts of all response formats, subtitles,
-reasons, answers; ``merr1.components.data_sample.sample_corpus``) plus every word of the five
+reasons, answers; ``merr1.components.data.sample.sample_corpus``) plus every word of the five
 emotion wheels once (so the calibration's first-token sets see sensible pieces). Deterministic:
 the same corpus gives the same tokenizer. Rerun after changing the sample generator or prompts;
 models trained with the old tokenizer must be retrained (ids change).
@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from merr1.components.data_sample import make_sample_data, sample_corpus
+from merr1.components.data.sample import make_sample_data, sample_corpus
 from merr1.components.emotion_wheel import EmotionWheels
 from merr1.components.tokenizer import TINY_TOKENIZER_DIR, train_tiny_tokenizer
 

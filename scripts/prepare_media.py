@@ -2,7 +2,7 @@
 
 Layout read: ``{data_dir}/audio/{name}.wav`` and ``{data_dir}/video/{name}.mp4`` (the MER2025
 release's folders); written: ``{out}/{name}.safetensors`` (default ``{data_dir}/media_cache``),
-holding exactly the Thinker's multimodal forward kwargs (see ``merr1.components.data_media``).
+holding exactly the Thinker's multimodal forward kwargs (see ``merr1.components.data.media``).
 
 Examples:
     # real Qwen2.5-Omni features (128 mel bins, the checkpoint's processor settings)
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from merr1.components.data import read_csv
-from merr1.components.data_media import VIDEO_EXTENSIONS, MediaConfig, find_media_files, prepare_media
+from merr1.components.data.media import VIDEO_EXTENSIONS, MediaConfig, find_media_files, prepare_media
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -73,10 +73,10 @@ from merr1.components.tokenizer import token_bytes
 def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
     """``FAST_THINKING_PREFIX`` and its ids as the data module encodes them (piece by piece)."""
     try:
-        from merr1.components.prompts import FAST_THINKING_PREFIX, encode_fast_prefix
+        from merr1.components.data.prompts import FAST_THINKING_PREFIX, encode_fast_prefix
     except ImportError as err:  # the data branch owns the constant
         raise ValueError(
-            "fast_prefix not given and merr1.components.prompts is unavailable: pass fast_prefix"
+            "fast_prefix not given and merr1.components.data.prompts is unavailable: pass fast_prefix"
         ) from err
     return FAST_THINKING_PREFIX, list(encode_fast_prefix(tokenizer, "mer_r1"))
 
@@ -332,7 +332,7 @@ def locate_answer_words(
         response_mask: True on generated tokens (a prefix of each row). # [R, T]
         table: ``CategoryFirstTokens(tokenizer)`` (tokenizer, token bytes, spellings, categories).
         fast_prefix: the fast-thinking response prefix (default
-            ``merr1.components.prompts.FAST_THINKING_PREFIX``, i.e. ``<think></think><answer>``).
+            ``merr1.components.data.prompts.FAST_THINKING_PREFIX``, i.e. ``<think></think><answer>``).
         fast_prefix_ids: its token ids exactly as fast thinking is prompted (default: with the
             default prefix ``prompts.encode_fast_prefix(tokenizer)``, else the tokenized string).
         answer_tags: opening and closing answer tags.

@@ -7,7 +7,7 @@ Every builder is a YAML ``_component_`` and takes ``dtype`` and ``device``:
 - ``device="meta"``: a skeleton whose *parameters* live on the meta device (no memory, no weights
   read) while its non-persistent buffers (rotary ``inv_freq``, the audio tower's sinusoids) are
   real CPU tensors. This is what the distributed recipes build on every rank before sharding;
-  ``merr1.components.checkpoint_io.load_full_state_dict`` then materialises it and broadcasts
+  ``merr1.components.hf_checkpoint.load_full_state_dict`` then materialises it and broadcasts
   the weights from rank 0 (which built the same builder with ``device="cpu"``).
 
 Tiny models are randomly initialised from a seed, built in code, and use the tiny tokenizer's
@@ -18,7 +18,7 @@ float32 and then cast to ``dtype`` (buffers stay float32, as ``from_pretrained``
 The Qwen2.5-Omni checkpoints store the Thinker (audio tower + vision encoder + LLM) under the
 ``thinker.`` prefix next to the Talker and token2wav (METHOD section 1); ``qwen2_5_omni_thinker``
 reads either such a full checkpoint or a Thinker-only directory written by
-``checkpoint_io.save_hf_checkpoint``.
+``hf_checkpoint.save_hf_checkpoint``.
 """
 
 from __future__ import annotations
@@ -418,7 +418,7 @@ def load_qwen2_config(checkpoint_dir: str | Path):
 def _from_checkpoint(
     config, checkpoint_dir: str | Path, dtype: torch.dtype | str, device: str | torch.device
 ) -> nn.Module:
-    from merr1.components.checkpoint_io import read_hf_state_dict
+    from merr1.components.hf_checkpoint import read_hf_state_dict
 
     model = build_model(config, dtype=dtype, device="meta")
     if str(device) == "meta":
@@ -437,7 +437,7 @@ def qwen2_5_omni_thinker(
 
     Args:
         checkpoint_dir: a full Qwen2.5-Omni checkpoint (only its ``thinker.*`` tensors are read)
-            or a Thinker-only directory written by ``checkpoint_io.save_hf_checkpoint``.
+            or a Thinker-only directory written by ``hf_checkpoint.save_hf_checkpoint``.
         dtype: parameter dtype (float32 master weights under FSDP mixed precision, or bf16).
         device: ``"meta"`` returns a skeleton without reading any weight (module docstring).
 

@@ -9,7 +9,7 @@ Apply them in this order (each one is optional), on the meta skeleton or a real 
 4. ``shard_model(model, ...)``: FSDP2 ``fully_shard`` on the audio tower, the vision encoder, each
    decoder layer, then the root (embeddings, final norm, lm_head).
 
-then load the weights (``checkpoint_io.load_full_state_dict``) and build the optimizer. With
+then load the weights (``hf_checkpoint.load_full_state_dict``) and build the optimizer. With
 float8 tensorwise + float8 all-gather, call ``precompute_float8_scales(model)`` after every
 optimizer step. Deviations from a textbook FSDP setup: the audio tower and vision encoder are their
 own FSDP units, which keeps ``generate``/forward working on a resharded model (DESIGN,

@@ -44,7 +44,7 @@ def first_names(folder, n=4):
 
 @pytest.fixture(scope="module")
 def sample_info():
-    from merr1.components.data_sample import ensure_sample_data
+    from merr1.components.data.sample import ensure_sample_data
 
     return ensure_sample_data(SAMPLE_DIR)
 

@@ -129,7 +129,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
     """Start the runs of every test selected in this session, NUM_PARALLEL at a time."""
-    from merr1.components.data_sample import ensure_sample_data
+    from merr1.components.data.sample import ensure_sample_data
 
     ensure_sample_data(REPO_ROOT / SAMPLE_DIR)  # once, before concurrent runs read it
     selected = [
@@ -292,7 +292,7 @@ def test_paper_hyper_parameters():
 
 def test_literals_copied_from_the_library_match_it():
     """Strings and numbers written out in the YAML (every knob visible) equal the library's values."""
-    from merr1.components.prompts import QWEN_OMNI_SYSTEM_PROMPT
+    from merr1.components.data.prompts import QWEN_OMNI_SYSTEM_PROMPT
     from merr1.rewards.reflective import MODALITY_RECHECK_QUESTION, TEXT_RECHECK_QUESTION
 
     for path in GRPO_CONFIGS + SFT_CONFIGS:

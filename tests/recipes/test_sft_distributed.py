@@ -122,7 +122,7 @@ def test_float8_path_runs_on_cpu(tmp_path):
 def test_frozen_multimodal_encoders_keep_their_weights(tmp_path):
     from safetensors.torch import load_file
 
-    from merr1.components.checkpoint_io import hf_to_model_key
+    from merr1.components.hf_checkpoint import hf_to_model_key
     from merr1.components.models import tiny_thinker
 
     sft_run([f"output_dir={tmp_path}", "epochs=1", "max_steps_per_epoch=3", "freeze_multimodal_encoders=true", *FAST])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from merr1.components.data_media import MEDIA_KEYS, cache_path, load_media, write_wav
+from merr1.components.data.media import MEDIA_KEYS, cache_path, load_media, write_wav
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_strict_exit_status_and_shards(tmp_path, caplog):
 
 
 def test_names_csv_and_video_with_fake_frames(tmp_path, monkeypatch):
-    from merr1.components import data_media
+    from merr1.components.data import media as data_media
 
     class FakeFrames:
         num_frames, fps = 20, 10.0

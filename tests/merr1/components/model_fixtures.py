@@ -95,7 +95,7 @@ def make_fake_omni_checkpoint(thinker, out_dir: str | Path, tokenizer=None) -> P
     from safetensors.torch import save_file
     from transformers import Qwen2_5OmniConfig
 
-    from merr1.components.checkpoint_io import model_to_hf_key
+    from merr1.components.hf_checkpoint import model_to_hf_key
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -343,7 +343,7 @@ def test_exact_fast_prefix_ids_are_used(tok, table):
 
 
 def test_default_prefix_comes_from_prompts(tok, table):
-    prompts = pytest.importorskip("merr1.components.prompts")
+    prompts = pytest.importorskip("merr1.components.data.prompts")
     response = enc(tok, "<think>r</think><answer>") + enc(tok, "sad") + enc(tok, "</answer>")
     ids, mask = batch_ids([response])
     _, fast = locate_answer_words(ids, mask, table)

@@ -13,7 +13,7 @@ from merr1.components.diagnostics import (
     mean_num_categories,
     retained_hit_rate,
 )
-from merr1.components.prompts import encode_pieces
+from merr1.components.data.prompts import encode_pieces
 from merr1.components.tokenizer import tiny_tokenizer
 
 NAN = float("nan")

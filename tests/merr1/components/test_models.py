@@ -5,7 +5,7 @@ import torch
 from model_fixtures import make_fake_omni_checkpoint, multimodal_batch, text_batch
 from numerics import assert_close_to_scale
 
-from merr1.components.checkpoint_io import save_hf_checkpoint
+from merr1.components.hf_checkpoint import save_hf_checkpoint
 from merr1.components.models import (
     build_model,
     logits_only_at,

@@ -43,7 +43,7 @@ def _two_rank_scenario(out: dict) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
 
-    from merr1.components.checkpoint_io import gather_full_state_dict
+    from merr1.components.hf_checkpoint import gather_full_state_dict
 
     batch = multimodal_batch(tiny_thinker(device="meta"))
     out["ref_loss"], out["ref_grads"] = _loss_and_grads(tiny_thinker(), batch)

@@ -6,7 +6,7 @@ MER-Caption+ (METHOD section 1), files in ``data_dir``:
   ``['worried', 'sad']``; empty or ``[]`` means "neutral");
 - ``track3_train_mercaptionplus.csv``: ``name, reason`` (needed in ``sft`` mode only);
 - ``subtitle_chieng.csv``: ``name, chinese, english`` (only ``english`` is read);
-- ``media_cache/{name}.safetensors``: the decoded media (``merr1.components.data_media``; made by
+- ``media_cache/{name}.safetensors``: the decoded media (``merr1.components.data.media``; made by
   ``scripts/prepare_media.py`` from the official ``video/`` and ``audio/`` folders).
 
 MER-UniBench-format evaluation set (merr1's own simple layout), one folder per data set:
@@ -24,7 +24,7 @@ It is deterministic across machines and Python versions and does not depend on r
 computed on every name of the openset file, before bad rows are dropped, so a missing media file
 never moves other samples between the splits.
 
-Items (dicts; ``SFTCollator`` / ``PromptCollator`` from ``merr1.components.data_collate``, also
+Items (dicts; ``SFTCollator`` / ``PromptCollator`` from ``merr1.components.data.collate``, also
 importable from here, turn lists of them into batches):
 
 - ``sft`` mode: ``name``, ``input_ids`` [L], ``labels`` [L] (-100 on the prompt; the target and
@@ -60,10 +60,10 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from merr1.components import data_media
-from merr1.components.data_collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
+from merr1.components.data import media as data_media
+from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
 from merr1.components.emotion_wheel import parse_emotion_list
-from merr1.components.prompts import (
+from merr1.components.data.prompts import (
     QWEN_OMNI_SYSTEM_PROMPT,
     PromptEncoder,
     ResponseFormat,
@@ -599,7 +599,7 @@ def mer_caption_plus(tokenizer, data_dir: str, split: str = "sft", **kwargs) -> 
 
 
 def _sample_info(data_dir: str | Path) -> dict[str, Any]:
-    from merr1.components.data_sample import ensure_sample_data
+    from merr1.components.data.sample import ensure_sample_data
 
     return ensure_sample_data(data_dir)
 

@@ -58,8 +58,8 @@ from typing import Any, Sequence
 
 import torch
 
-from merr1.components import data_media
-from merr1.components.data import (
+from merr1.components.data import media as data_media
+from merr1.components.data.datasets import (
     EVAL_LABELS_CSV,
     EVAL_SUBTITLE_CSV,
     MEDIA_DIR,
@@ -69,7 +69,7 @@ from merr1.components.data import (
     parse_openset,
     split_sft_rl,
 )
-from merr1.components.prompts import RESPONSE_FORMATS, QWEN_OMNI_SYSTEM_PROMPT, build_prompt
+from merr1.components.data.prompts import RESPONSE_FORMATS, QWEN_OMNI_SYSTEM_PROMPT, build_prompt
 
 log = logging.getLogger(__name__)
 

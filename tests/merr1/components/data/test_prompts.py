@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from merr1.components.prompts import (
+from merr1.components.data.prompts import (
     FAST_THINKING_PREFIX,
     QWEN_OMNI_SYSTEM_PROMPT,
     RESPONSE_FORMATS,
@@ -234,7 +234,7 @@ def test_encode_target_truncates_reasoning_only(tok, fmt):
 
 
 def test_build_chat_prompt_is_a_plain_user_turn():
-    from merr1.components.prompts import build_chat_prompt
+    from merr1.components.data.prompts import build_chat_prompt
 
     text = build_chat_prompt("Can this text describe the input? Answer yes or no.", num_audio=2, num_video=1,
                              system_prompt="S")  # fmt: skip

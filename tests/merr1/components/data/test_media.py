@@ -7,8 +7,8 @@ import wave
 import pytest
 import torch
 
-from merr1.components import data_media
-from merr1.components.data_media import (
+from merr1.components.data import media as data_media
+from merr1.components.data.media import (
     AudioFeaturizer,
     MediaConfig,
     cache_path,
@@ -330,7 +330,7 @@ def test_prepare_media_end_to_end(tmp_path, caplog):
 def test_prepared_media_feed_the_tiny_thinker(tmp_path):
     """Cache entries from real wav decoding + the video path load as a dataset and run the model."""
     from merr1.components.data import mer_unibench
-    from merr1.components.data_collate import PromptCollator
+    from merr1.components.data.collate import PromptCollator
     from merr1.components.models import tiny_thinker
     from merr1.components.tokenizer import tiny_tokenizer
 

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from merr1.components.prompts import VIDEO_TOKEN
+from merr1.components.data.prompts import VIDEO_TOKEN
 
 IGNORE_INDEX = -100  # label of unsupervised positions (HF / PyTorch cross-entropy convention)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from merr1.components.data import parse_openset, split_sft_rl
-from merr1.components.data_sample import (
+from merr1.components.data.sample import (
     BASIC_LABELS,
     SAMPLE_EMOTIONS,
     SAMPLE_INFO,

@@ -5,7 +5,7 @@ import torch
 from model_fixtures import FAKE_TALKER_SHAPES, make_fake_omni_checkpoint, multimodal_batch, text_batch
 from two_ranks import run_two_ranks
 
-from merr1.components.checkpoint_io import (
+from merr1.components.hf_checkpoint import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     checkpoint_weight_files,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from merr1.components.data import (
+from merr1.components.data.datasets import (
     EVAL_LABELS_CSV,
     IGNORE_INDEX,
     SUBTITLE_CSV,
@@ -23,10 +23,10 @@ from merr1.components.data import (
     parse_openset_cell,
     split_sft_rl,
 )
-from merr1.components.data_collate import PromptCollator, SFTCollator, collate_media, mrope_position_ids, pad_sequences
-from merr1.components.data_media import cache_path, save_media
-from merr1.components.data_sample import make_sample_data
-from merr1.components.prompts import FAST_THINKING_PREFIX, RESPONSE_FORMATS
+from merr1.components.data.collate import PromptCollator, SFTCollator, collate_media, mrope_position_ids, pad_sequences
+from merr1.components.data.media import cache_path, save_media
+from merr1.components.data.sample import make_sample_data
+from merr1.components.data.prompts import FAST_THINKING_PREFIX, RESPONSE_FORMATS
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
 
 PAD = TINY_SPECIAL_TOKENS["<|endoftext|>"]
@@ -308,7 +308,7 @@ def test_builder_takes_tokenizer_positionally_or_by_keyword(tok, sample_dir):
 
 
 def test_sample_builder_generates_then_loads(tok, tmp_path, caplog, monkeypatch):
-    from merr1.components import data_sample
+    from merr1.components.data import sample as data_sample
 
     small = dict(num_train=40, num_sft_samples=10, num_eval=5)
     monkeypatch.setattr(data_sample, "make_sample_data", lambda out, seed, **kw: make_sample_data(out, seed, **small))

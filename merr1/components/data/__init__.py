@@ -1,0 +1,51 @@
+"""Data: MER-Caption+ and MER-UniBench data sets, prompts, collation, decoded media, sample data.
+
+- ``datasets``: the ``Dataset`` classes and their YAML builders (``mer_caption_plus``,
+  ``mer_caption_plus_sample``, ``mer_unibench``, ``mer_unibench_sample``);
+- ``prompts``: chat prompts, response formats (MER-R1, VideoAuto-R1, EMO-R3), the fast-thinking
+  prefix and the EMO-R3 re-check prompts;
+- ``collate``: ``SFTCollator``, ``PromptCollator``, media collation and selection;
+- ``media``: the decoded-media cache (``scripts/prepare_media.py``) and the audio/video
+  preprocessing of the Qwen2.5-Omni Thinker;
+- ``sample``: the deterministic sample data of the quick start and the tests.
+
+The YAML targets are re-exported here, so a config names e.g.
+``merr1.components.data.mer_caption_plus_sample``.
+"""
+
+from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
+from merr1.components.data.datasets import (
+    BadRow,
+    BadRowError,
+    MERCaptionPlusDataset,
+    MERUniBenchDataset,
+    mer_caption_plus,
+    mer_caption_plus_sample,
+    mer_unibench,
+    mer_unibench_sample,
+    parse_openset,
+    parse_openset_cell,
+    read_csv,
+    read_subtitles,
+    split_sft_rl,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BadRow",
+    "BadRowError",
+    "MERCaptionPlusDataset",
+    "MERUniBenchDataset",
+    "PromptCollator",
+    "SFTCollator",
+    "collate_media",
+    "mer_caption_plus",
+    "mer_caption_plus_sample",
+    "mer_unibench",
+    "mer_unibench_sample",
+    "parse_openset",
+    "parse_openset_cell",
+    "read_csv",
+    "read_subtitles",
+    "split_sft_rl",
+]
