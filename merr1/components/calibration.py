@@ -67,7 +67,7 @@ from dataclasses import dataclass
 import torch
 
 from merr1.components.emotion_wheel import EmotionWheels, parse_emotion_list
-from merr1.components.tokenizer import token_bytes
+from merr1.components.tokenizer import TokenBytes, token_bytes_table
 
 
 def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
@@ -79,32 +79,6 @@ def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
             "fast_prefix not given and merr1.components.data.prompts is unavailable: pass fast_prefix"
         ) from err
     return FAST_THINKING_PREFIX, list(encode_fast_prefix(tokenizer, "mer_r1"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Token bytes
-
-
-class TokenBytes:
-    """Token id -> the bytes it contributes to the decoded text (cached per id).
-
-    Byte-level BPE tokens are mapped through the byte alphabet exactly; special tokens give b""
-    (responses are decoded with special tokens stripped); any other token (non byte-level
-    tokenizers) falls back to ``tokenizer.decode([id])``.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self._cache: dict[int, bytes] = {}
-
-    def __call__(self, ids: Sequence[int]) -> list[bytes]:
-        cache = self._cache
-        try:
-            return [cache[i] for i in ids]
-        except KeyError:
-            missing = [i for i in set(ids) if i not in cache]
-            cache.update(zip(missing, token_bytes(self.tokenizer, missing)))
-            return [cache[i] for i in ids]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +101,7 @@ class CategoryFirstTokens:
     def __init__(self, tokenizer, wheels: EmotionWheels | None = None) -> None:
         wheels = wheels or EmotionWheels.load()
         self.tokenizer = tokenizer
-        self.token_bytes = TokenBytes(tokenizer)
+        self.token_bytes = token_bytes_table(tokenizer)
         self.num_wheels = wheels.NUM_WHEELS
         self.categories = tuple(tuple(wheels.categories(k)) for k in range(self.num_wheels))
         offsets, total = [], 0

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -198,6 +198,25 @@ class ResumableDistributedSampler(torch.utils.data.DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start_index
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself in a world of 1)."""
+    if get_world_size_and_rank()[0] == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any]:
+    """Every rank's picklable ``obj`` on rank ``dst``, in rank order; ``[]`` on the other ranks."""
+    world_size, rank = get_world_size_and_rank()
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size if rank == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out if rank == dst else []
 
 
 def barrier() -> None:

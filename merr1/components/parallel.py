@@ -1,4 +1,5 @@
-"""Training-time model transforms: float8, activation checkpointing, torch.compile, FSDP2.
+"""Training-time model transforms (float8, activation checkpointing, torch.compile, FSDP2) and the
+FSDP2 parameter gathering of a rollout phase (``gathered_parameters``).
 
 Apply them in this order (each one is optional), on the meta skeleton or a real model:
 
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -200,3 +203,81 @@ def shard_model(
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Gather once for a rollout phase
+# --------------------------------------------------------------------------------------------
+
+
+# Roots of FSDP modules whose parameters are currently gathered (makes gathering re-entrant).
+_GATHERED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+@contextmanager
+def gathered_parameters(model: nn.Module) -> Iterator[None]:
+    """All-gather an FSDP2-sharded model's parameters once for a whole rollout phase.
+
+    Inside the context every FSDP module is unsharded and set not to reshard after forward, so
+    decoding steps do no all-gathers (the default is one per FSDP module per step). On exit the
+    previous reshard-after-forward settings are restored and every module is resharded, so
+    training continues as before (a training step then does exactly the all-gathers it would do
+    on a model that never generated). A no-op for unsharded models and when already gathered.
+    Run only no-grad work inside (rollouts, old/reference log-probs), not a training step.
+
+    Args:
+        model: the policy; FSDP modules are found among ``model.modules()``.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not fsdp_modules or fsdp_modules[0] in _GATHERED:
+        yield
+        return
+    root = fsdp_modules[0]
+    # Decoding calls submodules (model.model, lm_head) directly. Initialise the FSDP root now, as
+    # its first forward would, or the first decoder layer to run would claim to be the root.
+    root._get_fsdp_state()._lazy_init()
+    saved = _reshard_settings(fsdp_modules)
+    handles = [m.unshard(async_op=True) for m in fsdp_modules]
+    for handle in handles:
+        handle.wait()
+    root.set_reshard_after_forward(False)  # recursive
+    _GATHERED.add(root)
+    try:
+        yield
+    finally:
+        _GATHERED.discard(root)
+        _restore_reshard_settings(saved)
+        _forget_post_forward_order(fsdp_modules)
+        for m in fsdp_modules:
+            m.reshard()
+
+
+def _reshard_settings(fsdp_modules: list[nn.Module]) -> list[tuple[object, bool, list]]:
+    """Snapshot each FSDP state's reshard-after-forward setting (what set_reshard_after_forward edits)."""
+    saved = []
+    for m in fsdp_modules:
+        state = m._get_fsdp_state()
+        groups = [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups]
+        saved.append((state, state._auto_reshard_after_forward, groups))
+    return saved
+
+
+def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
+    """Drop the forward order FSDP recorded during decoding (it is only cleared by a backward).
+
+    FSDP2 prefetches, in backward, the module that ran forward just before; left in place, the
+    decoding steps' records make the next training backward all-gather one module too many.
+    """
+    for m in fsdp_modules:
+        for group in m._get_fsdp_state()._fsdp_param_groups:
+            group._post_forward_indices.clear()
+            group.comm_ctx.post_forward_order.clear()
+
+
+def _restore_reshard_settings(saved: list[tuple[object, bool, list]]) -> None:
+    for state, auto, groups in saved:
+        state._auto_reshard_after_forward = auto
+        for group, mesh_info in groups:
+            group.post_forward_mesh_info = mesh_info

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 # Same strings as the real Qwen2.5-Omni tokenizer; ids are the tiny tokenizer's.
 TINY_SPECIAL_TOKENS: dict[str, int] = {
@@ -127,7 +131,7 @@ def token_bytes(tokenizer, token_ids: Sequence[int]) -> list[bytes]:
     Exact for byte-level BPE tokenizers (Qwen's, the tiny one): a token's characters are mapped
     back through the byte alphabet, so a token holding part of a multi-byte character gives its
     raw bytes. Special tokens give ``b""``; tokens of other tokenizers fall back to decoding the
-    single id.
+    single id. Callers that look up ids repeatedly use the shared table ``token_bytes_table``.
 
     Args:
         tokenizer: a ``transformers`` tokenizer.
@@ -143,6 +147,54 @@ def token_bytes(tokenizer, token_ids: Sequence[int]) -> list[bytes]:
         else:
             out.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8"))
     return out
+
+
+class TokenBytes:
+    """The one token -> bytes table of a tokenizer (get it with ``token_bytes_table``).
+
+    Used by the text-level stop strings of generation (``dense``: the whole vocabulary as a padded
+    byte matrix), by SFCC's answer-word locator and by the evaluation diagnostics (``__call__``:
+    a few ids at a time, filled lazily). Values are ``token_bytes``'s.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[int, bytes] = {}
+        self._dense: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, ids: Sequence[int]) -> list[bytes]:
+        """The bytes of each id in ``ids``."""
+        cache = self._cache
+        try:
+            return [cache[i] for i in ids]
+        except KeyError:
+            missing = sorted({i for i in ids if i not in cache})
+            cache.update(zip(missing, token_bytes(self.tokenizer, missing)))
+            return [cache[i] for i in ids]
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's bytes: ``(table [V, L] uint8 zero-padded, lengths [V] int64)``, V = ``len(tokenizer)``."""
+        if self._dense is None:
+            import torch
+
+            vocab_size = len(self.tokenizer)
+            pieces = self(range(vocab_size))
+            max_len = max(1, max(len(p) for p in pieces))
+            flat = bytearray(b"".join(p.ljust(max_len, b"\0") for p in pieces))
+            table = torch.frombuffer(flat, dtype=torch.uint8).view(vocab_size, max_len).clone()
+            self._dense = (table, torch.tensor([len(p) for p in pieces], dtype=torch.long))
+        return self._dense
+
+
+_TABLES: "weakref.WeakKeyDictionary[object, TokenBytes]" = weakref.WeakKeyDictionary()
+
+
+def token_bytes_table(tokenizer) -> TokenBytes:
+    """The shared ``TokenBytes`` of ``tokenizer`` (built on first use, lives as long as it does)."""
+    table = _TABLES.get(tokenizer)
+    if table is None:
+        table = _TABLES[tokenizer] = TokenBytes(tokenizer)
+    return table
 
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
+from merr1.components.tokenizer import token_bytes_table
 from merr1.components.calibration import (
     CalibrationInputs,
     CategoryFirstTokens,
     SlowFastCalibration,
-    TokenBytes,
     category_log_confidence,
     locate_answer_words,
     response_logits_at,
@@ -53,7 +53,7 @@ def batch_ids(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.
 def test_first_token_sets_match_direct_encoding(tok, table, glue):
     wheels = EmotionWheels.load()
     spelling = table.spelling_index(glue)
-    token_bytes = TokenBytes(tok)
+    token_bytes = token_bytes_table(tok)
     num_deduplicated = 0
     for k in range(5):
         for name, words in wheels.category_words(k).items():

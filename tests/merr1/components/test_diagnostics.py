@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from merr1.components.calibration import TokenBytes
+from merr1.components.tokenizer import TokenBytes
 from merr1.components.diagnostics import (
     answer_start,
     confidence_summary,

@@ -11,8 +11,10 @@ from merr1.components.distributed import (
     all_reduce_dict,
     all_reduce_scalar,
     barrier,
+    broadcast_object,
     destroy,
     device_for_rank,
+    gather_objects,
     get_world_size_and_rank,
     init_distributed,
     is_rank_zero,
@@ -46,6 +48,11 @@ def test_reductions_in_a_world_of_one_are_identity(op, expected):
     assert all_reduce_scalar(torch.tensor(2.5), op) == expected
     assert all_reduce_dict({"a": 2.5, "b": True, "c": 3}, op) == {"a": 2.5, "b": 1.0, "c": 3.0}
     assert all_reduce_dict({}, op) == {}
+
+
+def test_object_collectives_in_a_world_of_one_are_identity(no_torchrun_env):
+    assert broadcast_object({"a": 1}) == {"a": 1}
+    assert gather_objects(7) == [7]
 
 
 def test_reduction_rejects_unknown_op():
@@ -107,6 +114,8 @@ def _collectives_on_two_ranks() -> dict:
         "mean": all_reduce_scalar(rank + 1.0, "mean"),
         "max": all_reduce_scalar(float(rank == 1), "max"),
         "min": all_reduce_scalar(rank + 3, "min"),
+        "broadcast": broadcast_object({"from": rank}),
+        "gathered": gather_objects([rank] * (rank + 1)),
     }
     barrier()
 
@@ -144,6 +153,8 @@ def test_two_gloo_ranks(tmp_path):
         assert out["mean"] == 1.5
         assert out["max"] == 1.0
         assert out["min"] == 3.0
+        assert out["broadcast"] == {"from": 0}
+        assert out["gathered"] == ([[0], [1, 1]] if rank == 0 else [])
         assert out["grads_are_dtensors"]
         assert isinstance(out["norm"], float)
         assert out["norm"] == pytest.approx(out["reference_norm"], rel=1e-5)

@@ -12,7 +12,6 @@ from merr1.components.generation import (
     SamplingConfig,
     StopStrings,
     filter_logits,
-    gathered_parameters,
     generate,
     media_token_ids,
     repeat_media,
@@ -20,6 +19,7 @@ from merr1.components.generation import (
     teacher_forced_logits,
 )
 from merr1.components.models import tiny_qwen2, tiny_thinker
+from merr1.components.parallel import gathered_parameters
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
 
 S = TINY_SPECIAL_TOKENS

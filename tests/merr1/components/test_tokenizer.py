@@ -59,3 +59,21 @@ def test_stop_token_ids_cover_end_of_turn_and_end_of_text(tok):
     from merr1.components.tokenizer import stop_token_ids
 
     assert stop_token_ids(tok) == [0, 2]  # <|endoftext|>, <|im_end|> (= eos)
+
+
+def test_one_shared_token_bytes_table_per_tokenizer(tok):
+    from merr1.components.calibration import CategoryFirstTokens
+    from merr1.components.generation import StopStrings
+    from merr1.components.tokenizer import token_bytes_table
+
+    table = token_bytes_table(tok)
+    assert token_bytes_table(tok) is table
+    dense, lengths = table.dense()
+    assert dense.shape[0] == lengths.shape[0] == len(tok)
+    ids = list(range(len(tok)))
+    expected = token_bytes(tok, ids)
+    assert table(ids) == expected
+    assert [bytes(dense[i, : lengths[i]].tolist()) for i in ids] == expected
+    stops = StopStrings.from_tokenizer(tok, ["</answer>"])
+    assert stops.token_bytes is dense  # generation's stop strings read the same table
+    assert CategoryFirstTokens(tok).token_bytes is table  # and so does SFCC's word locator
