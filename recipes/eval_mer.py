@@ -44,6 +44,7 @@ What a demanding user should know:
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -53,17 +54,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from torchtune import config
 from tqdm import tqdm
 
-from merr1.components import hf_checkpoint, diagnostics, distributed, evaluation
+from merr1.components import diagnostics, distributed, evaluation, training
 from merr1.components.calibration import CategoryFirstTokens, category_log_confidence
+from merr1.components.config_checks import Above, AtLeast, Component, check_config, expand_list_item_overrides
 from merr1.components.data.collate import pad_sequences
 from merr1.components.emotion_wheel import ANSWER_FALLBACKS, extract_answer, parse_emotion_list
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
@@ -74,45 +75,43 @@ from merr1.components.tokenizer import stop_token_ids
 log = logging.getLogger("merr1.eval")
 
 MODES = evaluation.MODES
-# Every top-level key the recipe reads; anything else in the config is a typo.
-CONFIG_KEYS = {
-    "output_dir", "seed", "device", "dtype", "checkpoint_dir", "tokenizer", "model", "datasets",
-    "collator", "num_workers", "batch_size", "max_samples", "sampling", "answer_fallback", "diagnostics",
-    "sentiment_mapper", "resume",
-}  # fmt: skip
-SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "stop_strings"}
-DIAGNOSTICS_KEYS = {"enabled", "answer_tag", "num_hard_negatives"}
-
-
-def _check_keys(what: str, cfg: DictConfig, expected: set[str]) -> None:
-    unknown, missing = sorted(set(cfg.keys()) - expected), sorted(expected - set(cfg.keys()))
-    if unknown or missing:
-        raise ValueError(f"{what} keys: unknown {unknown}, missing {missing} (recipe reads {sorted(expected)})")
+# Every key the recipe reads, with what it accepts; checked before anything is built (issue 11).
+CONFIG_SPEC = {
+    "output_dir": str,
+    "seed": int,
+    "device": Literal["cpu", "cuda", "auto"],
+    "dtype": Literal["fp32", "bf16"],
+    "checkpoint_dir": str | None,
+    "tokenizer": Component(),
+    "model": Component(keywords=("dtype", "device")),
+    "datasets": [Component(positional=1, keywords=("mode",))],  # (tokenizer, mode=slow|fast)
+    "collator": Component(positional=1),  # (tokenizer)
+    "num_workers": Annotated[int, AtLeast(0)],
+    "batch_size": Annotated[int, AtLeast(1)],
+    "max_samples": Annotated[int, AtLeast(1)] | None,
+    "sampling": {"max_new_tokens": Annotated[int, AtLeast(1)], "temperature": Annotated[float, AtLeast(0)],
+                 "top_p": Annotated[float, Above(0)], "top_k": Annotated[int, AtLeast(0)],
+                 "stop_strings": list[str]},  # fmt: skip
+    "answer_fallback": Literal[ANSWER_FALLBACKS],
+    "diagnostics": {"enabled": bool, "answer_tag": str, "num_hard_negatives": Annotated[int, AtLeast(1)]},
+    "sentiment_mapper": Component(),
+    "resume": bool,
+}
 
 
 class EvalRecipe:
     """Slow/fast generation, scores and diagnostics. ``setup``, ``evaluate``, ``cleanup``."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        _check_keys("config", cfg, CONFIG_KEYS)
-        _check_keys("sampling", cfg.sampling, SAMPLING_KEYS)
-        _check_keys("diagnostics", cfg.diagnostics, DIAGNOSTICS_KEYS)
-        self._world_size, self._rank = distributed.init_distributed()
-        self._is_rank_zero = self._rank == 0
-        self._device = distributed.device_for_rank(cfg.device)
-        self._dtype = resolve_dtype(cfg.dtype)
-        self._output_dir = Path(cfg.output_dir)
-        self._seed = distributed.set_seed(cfg.seed, self._rank)
-        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-        if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
-        if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 1):
-            raise ValueError(f"max_samples must be a positive integer or null (all), got {cfg.max_samples!r}")
-        if cfg.answer_fallback not in ANSWER_FALLBACKS:
-            raise ValueError(f"answer_fallback must be one of {ANSWER_FALLBACKS}, got {cfg.answer_fallback!r}")
+        check_config(cfg, CONFIG_SPEC)
         if not cfg.datasets:
             raise ValueError("datasets: give at least one evaluation data set")
+        process = training.init_process(cfg.device, cfg.seed)  # seeds seed + rank
+        self._device, self._world_size, self._rank = process.device, process.world_size, process.rank
+        self._is_rank_zero = process.is_rank_zero
+        self._seed = cfg.seed + self._rank  # sampling (temperature > 0) draws from a per-rank generator
+        self._dtype = resolve_dtype(cfg.dtype)
+        self._output_dir = Path(cfg.output_dir)
         self._batch_size = cfg.batch_size
         self._max_samples = cfg.max_samples
         self._answer_fallback = cfg.answer_fallback
@@ -209,24 +208,15 @@ class EvalRecipe:
                 folder.mkdir(parents=True, exist_ok=True)
                 merged = {"generation": settings["generation"], "datasets": {**old["datasets"], **settings["datasets"]}}
                 atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
-        problem = self._broadcast(problem)
+        problem = distributed.broadcast_object(problem)
         if problem:
             raise ValueError(problem)
 
     def _setup_model(self, cfg: DictConfig) -> torch.nn.Module:
-        # Skeleton on every rank; rank 0 reads the weights and broadcasts them (no FSDP: each rank
-        # keeps the whole model for its own shard of the data).
-        model = config.instantiate(cfg.model, dtype=self._dtype, device="meta")
-        if cfg.checkpoint_dir is not None:
-            hf_checkpoint.load_hf_checkpoint(model, cfg.checkpoint_dir, self._device)
-        else:  # random initialisation from the builder's seed (tiny models, smoke tests)
-            full = None
-            if self._is_rank_zero:
-                full = config.instantiate(cfg.model, dtype=self._dtype, device="cpu").state_dict()
-            hf_checkpoint.load_full_state_dict(model, full, self._device)
-        model.eval()
-        model.requires_grad_(False)
-        return model
+        # No FSDP: each rank keeps the whole model (stored in ``dtype``) for its own shard of the
+        # data; rank 0 reads the weights and broadcasts them.
+        spec = training.ModelSpec(functools.partial(config.instantiate, cfg.model), cfg.checkpoint_dir, self._dtype)
+        return training.build_model(spec, role="eval", device=self._device, sharded=False)
 
     # ------------------------------------------------------------------------------- generation
     def evaluate(self) -> None:
@@ -250,7 +240,7 @@ class EvalRecipe:
         done: list[str] = []
         if self._is_rank_zero:
             done = list(evaluation.load_records(path, set(entry[mode].names), ("name", "response", "answer")))
-        done_set = set(self._broadcast(done))
+        done_set = set(distributed.broadcast_object(done))
         missing = [n for n in names if n not in done_set]
         if self._is_rank_zero and done_set:
             log.info("%s %s: %d of %d answers found in %s, generating %d", name, mode,
@@ -268,7 +258,7 @@ class EvalRecipe:
         for _ in range(num_steps):
             batch = next(batches, None)
             records = self._predict_batch(batch, entry, mode) if batch is not None else []
-            gathered = [r for part in self._gather(records) for r in part]
+            gathered = [r for part in distributed.gather_objects(records) for r in part]
             if self._is_rank_zero:
                 evaluation.append_records(path, gathered)
                 num_tokens += sum(r["num_response_tokens"] for r in gathered)
@@ -343,21 +333,6 @@ class EvalRecipe:
             logits = self._model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits  # [B, V]
         conf = category_log_confidence(logits, torch.tensor(spellings), self._table)  # [B, C]
         return [row if ok else None for row, ok in zip(conf.tolist(), found)]
-
-    def _broadcast(self, obj: Any) -> Any:
-        if self._world_size == 1:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
-    def _gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj`` on rank 0 (in rank order); ``[]`` on the other ranks."""
-        if self._world_size == 1:
-            return [obj]
-        out = [None] * self._world_size if self._is_rank_zero else None
-        dist.gather_object(obj, out, dst=0)
-        return out if self._is_rank_zero else []
 
     # ------------------------------------------------------------------------------- report
     def _records(self, name: str, entry: dict[str, Any], mode: str) -> dict[str, dict]:
@@ -434,10 +409,13 @@ class EvalRecipe:
 def recipe_main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     recipe = EvalRecipe(cfg)
-    recipe.setup(cfg)
-    recipe.evaluate()
-    recipe.cleanup()
+    try:  # the process group is released also when a run fails
+        recipe.setup(cfg)
+        recipe.evaluate()
+    finally:
+        recipe.cleanup()
 
 
 if __name__ == "__main__":
+    sys.argv = expand_list_item_overrides(sys.argv)  # `datasets.N.key=value` overrides of list items
     sys.exit(recipe_main())

@@ -35,11 +35,13 @@ the YAML component that bundles steps 1, 2 and 4):
    ``fast_position`` in ``fast.ids``. ``fast`` holds the fast "responses": the fast-prefix tokens
    (with the answer text of a token that straddles the ``<answer>`` boundary re-encoded after it)
    + the slow response's own answer tokens.
-3. Two no-grad forwards of the current policy: [prompt; response] and [prompt; fast response]
-   (the same left-padded prompts and media; the fast response plays the role of the response).
-   Position s of a response means the distribution that PREDICTS its token s, i.e. the
-   full-sequence logits at index P - 1 + s (P = padded prompt length); ``response_logits_at``
-   gathers those rows ``[W, V]`` (only these rows of the LM head are needed).
+3. Two no-grad teacher-forced passes of the current policy per micro-batch
+   (``generation.teacher_forced_logits``: each prompt runs once, its KV cache serves the rows):
+   the slow pass over the responses (the recipe's old-log-prob pass, reused), and a fast pass over
+   the fast responses that computes the LM head only at the words' fast positions. Position s of a
+   response means the distribution that PREDICTS its token s. ``WordLogits`` collects both passes'
+   rows of every word (``token_logits_at`` picks them out of the compact ``[N, V]`` outputs) into
+   ``[W, V]`` slow and fast logits.
 4. ``gap = slow_fast_gap(slow_logits, fast_logits, words, table, confidence="category")``
    (``"word"`` for A1) -> ``[W, K]``; ``batch.extras["calibration"] =
    CalibrationInputs.from_words(words, gap, num_responses)``; ``merr1.rewards.CalibrationRewards``
@@ -61,7 +63,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -495,21 +497,94 @@ class _WordCategories:
         return torch.where(category >= 0, torch.ones_like(category) << local, torch.zeros_like(category))
 
 
-def response_logits_at(
-    logits: torch.Tensor, prompt_length: int, rows: torch.Tensor, positions: torch.Tensor
+def token_logits_at(
+    token_logits: torch.Tensor, token_mask: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
-    """Rows of full-sequence logits that predict response tokens ``positions`` of ``rows``.
+    """Pick the logits of given tokens out of a teacher-forced pass's compact output.
 
     Args:
-        logits: logits over [prompt; response] (prompt left-padded to ``prompt_length``). # [R, P+T, V]
-        prompt_length: P.
-        rows: response index per word. # [W]
-        positions: response-token index per word (``slow_position`` or ``fast_position``). # [W]
+        token_logits: logits predicting every True token of ``token_mask``, in row-major order
+            (what ``generation.teacher_forced_logits`` returns). # [N, V]
+        token_mask: the tokens ``token_logits`` covers. # [R, T] bool
+        rows: row of each wanted token. # [W]
+        positions: its position in that row (``AnswerWords.slow_position`` / ``fast_position``). # [W]
 
     Returns:
-        # [W, V]
+        # [W, V], in the order of ``rows``/``positions``
+
+    Raises:
+        ValueError: a wanted token is not covered by ``token_mask``.
     """
-    return logits[rows.to(logits.device), (positions + prompt_length - 1).to(logits.device)]
+    device = token_logits.device
+    row_of = torch.full(token_mask.shape, -1, dtype=torch.long, device=device)  # token -> logits row
+    row_of[token_mask.to(device)] = torch.arange(token_logits.shape[0], device=device)
+    picked = row_of[rows.to(device), positions.to(device)]  # [W]
+    if bool((picked < 0).any()):
+        raise ValueError("a requested token is outside token_mask")
+    return token_logits[picked]
+
+
+class WordLogits:
+    """The slow and fast next-token logits of every located answer word, gathered micro-batch by
+    micro-batch from the recipe's no-grad policy pass (module docstring, step 3).
+
+    For each micro-batch (a slice of response rows), ``add`` takes the slow pass's logits of its
+    response tokens and, only when the slice holds located words, calls ``fast_logits`` once on
+    the slice's fast responses with targets at the words' fast positions. ``result`` returns the
+    ``[W, V]`` slow and fast logits in ``words`` order.
+
+    Args:
+        words, fast: from ``SlowFastCalibration.locate``.
+    """
+
+    def __init__(self, words: AnswerWords, fast: FastResponses) -> None:
+        self.words, self.fast = words, fast
+        self._slow: torch.Tensor | None = None  # [W, V]
+        self._fast: torch.Tensor | None = None
+
+    def add(
+        self,
+        rows: slice,
+        slow_token_logits: torch.Tensor,
+        response_mask: torch.Tensor,
+        fast_logits: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> None:
+        """Gather the words of response rows ``rows``.
+
+        Args:
+            rows: the micro-batch's rows of the rollout.
+            slow_token_logits: logits of the micro-batch's response tokens (row-major). # [N, V]
+            response_mask: the micro-batch's response mask. # [r, T]
+            fast_logits: ``fast_logits(fast_ids [r, T_f], fast_mask [r, T_f], targets [r, T_f])`` ->
+                ``[n, V]`` logits of the targets in row-major order (a teacher-forced pass of the
+                same prompts); called at most once.
+        """
+        if self._slow is None:
+            vocab_size = slow_token_logits.shape[-1]
+            self._slow = slow_token_logits.new_zeros(len(self.words), vocab_size)
+            self._fast = slow_token_logits.new_zeros(len(self.words), vocab_size)
+        word_rows = self.words.response_index
+        selected = ((word_rows >= rows.start) & (word_rows < rows.stop)).nonzero().squeeze(-1)  # [w]
+        if selected.numel() == 0:
+            return
+        local_rows = word_rows[selected] - rows.start
+        fast_positions = self.words.fast_position[selected]
+        self._slow[selected.to(self._slow.device)] = token_logits_at(
+            slow_token_logits, response_mask, local_rows, self.words.slow_position[selected]
+        )
+        device = slow_token_logits.device
+        fast_ids, fast_mask = self.fast.ids[rows].to(device), self.fast.mask[rows].to(device)
+        targets = torch.zeros_like(fast_mask)
+        targets[local_rows.to(device), fast_positions.to(device)] = True
+        self._fast[selected.to(self._fast.device)] = token_logits_at(
+            fast_logits(fast_ids, fast_mask, targets), targets, local_rows, fast_positions
+        )
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(slow, fast)`` logits, float32 ``[W, V]`` (``[0, 0]`` if no micro-batch was added)."""
+        if self._slow is None:
+            return torch.zeros(0, 0), torch.zeros(0, 0)
+        return self._slow.float(), self._fast.float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,11 +673,13 @@ class SlowFastCalibration:
 
     Usage::
 
-        calibration.setup(tokenizer, prompts.encode_fast_prefix(tokenizer))  # once
+        calibration.setup(tokenizer)  # once
         words, fast = calibration.locate(response_ids, response_mask)  # after generation
-        slow_logits = response_logits_at(slow_full_logits, P, words.response_index, words.slow_position)
-        fast_logits = response_logits_at(fast_full_logits, P, words.response_index, words.fast_position)
-        batch.extras["calibration"] = calibration.inputs(slow_logits, fast_logits, words, num_responses)
+        gather = WordLogits(words, fast)
+        for rows in micro_batches:  # the no-grad policy pass over the rollouts
+            token_logits = ...  # teacher_forced_logits of the response tokens of ``rows``
+            gather.add(rows, token_logits, response_mask[rows], lambda ids, mask, targets: ...)
+        batch.extras["calibration"] = calibration.inputs(*gather.result(), words, num_responses)
     """
 
     def __init__(

@@ -597,50 +597,6 @@ def teacher_forced_logits(
     return logits
 
 
-def repeat_media(
-    media: dict[str, torch.Tensor], num_prompts: int, num_samples: int
-) -> dict[str, torch.Tensor]:
-    """Repeat each prompt's media G times to match rollout rows (row ``b * G + g``).
-
-    For teacher-forced passes over ``B * G`` prompt+response rows. Each modality's items (audios,
-    videos, images) are assumed to be listed prompt by prompt, the same number per prompt (one
-    audio and one video per sample in MER-Caption+).
-
-    Args:
-        media: the Thinker's multimodal kwargs for ``num_prompts`` prompts.
-        num_prompts: B.
-        num_samples: G.
-
-    Returns:
-        The kwargs for ``B * G`` rows.
-    """
-    # modality -> (per-item tensors, flattened patch tensor split by its grid)
-    groups = {
-        "audio": (("input_features", "feature_attention_mask", "audio_feature_lengths"), None),
-        "video": (("video_grid_thw", "video_second_per_grid"), ("pixel_values_videos", "video_grid_thw")),
-        "image": (("image_grid_thw",), ("pixel_values", "image_grid_thw")),
-    }
-    out = dict(media)
-    for item_keys, patches in groups.values():
-        present = [k for k in item_keys if k in media]
-        if not present:
-            continue
-        num_items = len(media[present[0]])
-        if num_items % num_prompts:
-            raise ValueError(f"{present[0]} has {num_items} items, not a multiple of {num_prompts} prompts")
-        per_prompt = num_items // num_prompts
-        device = media[present[0]].device
-        first = torch.arange(num_prompts, device=device).repeat_interleave(num_samples) * per_prompt  # [B*G]
-        order = (first[:, None] + torch.arange(per_prompt, device=device)).view(-1)  # items of row b*G+g
-        for key in present:
-            out[key] = media[key].index_select(0, order)
-        if patches is not None and patches[0] in media:
-            values, grid = media[patches[0]], media[patches[1]]
-            chunks = values.split(grid.prod(-1).tolist())
-            out[patches[0]] = torch.cat([chunks[i] for i in order.tolist()])
-    return out
-
-
 def _check_inputs(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,

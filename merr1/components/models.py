@@ -31,6 +31,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS
 
 TINY_VOCAB_SIZE = 512
@@ -277,6 +278,7 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t_sec, h_sec, half - t_sec - h_sec]
 
 
+@forwards_kwargs_to(tiny_thinker_config)
 def tiny_thinker(
     seed: int = 0, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu", **config_kwargs
 ) -> nn.Module:
@@ -318,6 +320,7 @@ def tiny_qwen2_config(
     )
 
 
+@forwards_kwargs_to(tiny_qwen2_config)
 def tiny_qwen2(
     seed: int = 0, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu", **config_kwargs
 ) -> nn.Module:

@@ -4,6 +4,7 @@ Most runs start from a short tiny SFT run (``tiny_sft_checkpoint``) so rewards, 
 gradients are non-trivial; the per-variant configs are exercised in test_grpo_variants.py.
 """
 
+import argparse
 import signal
 import subprocess
 import time
@@ -42,9 +43,12 @@ def test_metrics_samples_and_reference_model(tmp_path, tiny_sft_checkpoint):
     proc = tune_run(
         RECIPE, CONFIG,
         [f"output_dir={out}", f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=2", "batch_size=2",
-         "loss.beta=0.05", "log_samples_every_n_steps=1", *SMALL],
+         "loss.beta=0.05", "log_samples_every_n_steps=1", "rewards.2.strict=false", *SMALL],
     )  # fmt: skip
     assert "reference model: built (beta = 0.05)" in proc.stderr
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.rewards[2].strict is False  # a list item overridden from the command line (issue 11)
+    assert saved.rewards[2].scheme == "think_answer" and len(saved.rewards) == 4
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     expected = [
@@ -124,14 +128,15 @@ def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, 
     cfg.generation.max_new_tokens = 24
     recipe = GRPORecipe(cfg)
     recipe.setup(cfg)
-    rollout = recipe._rollout(next(iter(recipe._dataloader)))
+    _, (batch,) = next(recipe._loader.steps(recipe._position))
+    rollout = recipe._rollout(batch)
     G = recipe._group_size
     advantages = torch.tensor([0.0] * G + [1.0, -1.0] + [0.0] * (G - 2))  # group 0: all equal
 
     def gradient(rows):
         recipe._model.zero_grad(set_to_none=True)
         logprobs, _ = recipe._response_logprobs(recipe._model, rollout, rows)
-        loss, _ = recipe._loss(logprobs, advantages[rows], rollout["response_mask"][rows], normalizer=2 * G)
+        loss, _ = recipe._loss(logprobs, advantages[rows], rollout.response_mask[rows], normalizer=2 * G)
         loss.backward()
         return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in recipe._model.parameters()]
 
@@ -145,7 +150,7 @@ def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"generation": {"temperature": 0.0}}, "generation.temperature must be > 0"),
+        ({"generation": {"temperature": 0.0}}, "generation.temperature: 0.0 must be > 0"),
         ({"fsdp_cpu_offload": True}, "fsdp_cpu_offload keeps FSDP-sharded GPU parameters"),
     ],
 )
@@ -157,3 +162,50 @@ def test_settings_that_cannot_train_are_refused_at_construction(tmp_path, monkey
     with pytest.raises(ValueError, match=message):
         GRPORecipe(cfg)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["generation.topk=5"], "generation.topk: unknown key; generation accepts max_new_tokens, stop_strings, "
+                                "temperature, top_k, top_p"),
+        (["rewards.9.strict=true"], "override 'rewards.9.strict=true': rewards has 4 items (indices 0..3)"),
+    ],
+)
+def test_config_errors_come_before_the_data_set_is_built(tmp_path, overrides, expected):
+    """The literal command; a data_dir that does not exist: the config error must come first."""
+    proc = tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path}", f"dataset.data_dir={tmp_path / 'no_data'}", *overrides],
+                    check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert "track2_train" not in proc.stderr  # the data set was not read
+    assert not (tmp_path / "no_data").exists() and not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["optimizer.lr=fast"], "optimizer.lr: 'fast' is not a number (merr1.components.optim.build_adamw takes lr"),
+        (["optimizer.lerning_rate=1e-4"], "optimizer.lerning_rate: unknown key; merr1.components.optim.build_adamw "
+                                          "accepts betas, eps, lr, weight_decay"),
+        (["max_steps_per_epoch=abc"], "max_steps_per_epoch: 'abc' is not an int"),
+        (["loss.aggregation=mean"], "loss.aggregation: 'mean' is not one of 'grpo', 'dapo', 'dr_grpo'"),
+        (["calibration.confidence=7"], "calibration.confidence: 7 is not a string"),
+        (["rewards.2.strict=maybe", "rewards.1.duplicate_penalty=false"], "rewards.2.strict: 'maybe' is not a bool"),
+    ],
+)
+def test_config_errors_name_the_dotted_key_the_value_and_what_is_accepted(tmp_path, monkeypatch, overrides, expected):
+    """In-process, through the same argv rewrite as the command line (list items included)."""
+    from torchtune.config._utils import _merge_yaml_and_cli_args
+
+    from merr1.components.config_checks import expand_list_item_overrides
+    from recipes.grpo_mer_r1_distributed import GRPORecipe
+
+    monkeypatch.chdir(REPO_ROOT)
+    argv = expand_list_item_overrides(["recipe", "--config", CONFIG, f"output_dir={tmp_path}", *overrides])
+    yaml_args = argparse.Namespace(**OmegaConf.to_container(OmegaConf.load(CONFIG)))
+    cfg = _merge_yaml_and_cli_args(yaml_args, argv[3:])
+    with pytest.raises(ValueError) as err:
+        GRPORecipe(cfg)
+    assert expected in str(err.value)
+    assert len(str(err.value).splitlines()) == 2  # exactly one problem: the other overrides are fine

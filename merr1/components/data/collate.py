@@ -86,6 +86,60 @@ def collate_media(
     return out
 
 
+def select_media(
+    media: dict[str, torch.Tensor], num_prompts: int, prompts: Sequence[int] | torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The media kwargs of a selection of prompts from a collated batch (``collate_media``).
+
+    Exactly what collating the selected samples' media would give (audio features trimmed to
+    the longest selected clip). Each modality's items (audios, videos) must be listed prompt by
+    prompt, the same number per prompt (one audio and one video per MER sample).
+
+    Args:
+        media: the Thinker's multimodal kwargs of ``num_prompts`` prompts.
+        num_prompts: B.
+        prompts: the prompt index of each output row, e.g. a micro-batch ``[2, 3]`` or every
+            prompt repeated G times for rollout rows ``b * G + g`` (``repeat_media``).
+
+    Returns:
+        The kwargs for ``len(prompts)`` rows.
+    """
+    groups = {
+        "audio": (("input_features", "feature_attention_mask", "audio_feature_lengths"), None),
+        "video": (("video_grid_thw", "video_second_per_grid"), ("pixel_values_videos", "video_grid_thw")),
+        "image": (("image_grid_thw",), ("pixel_values", "image_grid_thw")),
+    }
+    out = dict(media)
+    for item_keys, patches in groups.values():
+        present = [k for k in item_keys if k in media]
+        if not present:
+            continue
+        num_items = len(media[present[0]])
+        if num_items % num_prompts:
+            raise ValueError(f"{present[0]} has {num_items} items, not a multiple of {num_prompts} prompts")
+        per_prompt = num_items // num_prompts
+        device = media[present[0]].device
+        prompts = prompts if torch.is_tensor(prompts) else torch.tensor(list(prompts), dtype=torch.long)
+        first = prompts.to(device).long() * per_prompt  # [R]
+        order = (first[:, None] + torch.arange(per_prompt, device=device)).view(-1)  # items of the rows
+        for key in present:
+            out[key] = media[key].index_select(0, order)
+        if patches is not None and patches[0] in media:
+            values, grid = media[patches[0]], media[patches[1]]
+            chunks = values.split(grid.prod(-1).tolist())
+            out[patches[0]] = torch.cat([chunks[i] for i in order.tolist()])
+    if "feature_attention_mask" in out and out["feature_attention_mask"].numel():
+        num_frames = int(out["feature_attention_mask"].sum(-1).max())
+        out["input_features"] = out["input_features"][..., :num_frames].contiguous()
+        out["feature_attention_mask"] = out["feature_attention_mask"][:, :num_frames].contiguous()
+    return out
+
+
+def repeat_media(media: dict[str, torch.Tensor], num_prompts: int, num_samples: int) -> dict[str, torch.Tensor]:
+    """Each prompt's media repeated G times, for teacher-forced passes over rollout rows ``b * G + g``."""
+    return select_media(media, num_prompts, torch.arange(num_prompts).repeat_interleave(num_samples))
+
+
 def pad_sequences(
     seqs: Sequence[torch.Tensor], pad_value: int, side: str = "right", length: int | None = None
 ) -> torch.Tensor:

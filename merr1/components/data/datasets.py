@@ -60,6 +60,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.data import media as data_media
 from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
 from merr1.components.emotion_wheel import parse_emotion_list
@@ -593,6 +594,7 @@ class MERUniBenchDataset(Dataset):
 # tokenizer, positionally or as tokenizer=...).
 
 
+@forwards_kwargs_to(MERCaptionPlusDataset)
 def mer_caption_plus(tokenizer, data_dir: str, split: str = "sft", **kwargs) -> MERCaptionPlusDataset:
     """MER-Caption+ from the official files in ``data_dir``; kwargs as ``MERCaptionPlusDataset``."""
     return MERCaptionPlusDataset(tokenizer, data_dir, split, **kwargs)
@@ -604,6 +606,7 @@ def _sample_info(data_dir: str | Path) -> dict[str, Any]:
     return ensure_sample_data(data_dir)
 
 
+@forwards_kwargs_to(MERCaptionPlusDataset)
 def mer_caption_plus_sample(
     tokenizer,
     data_dir: str = "data/sample",
@@ -640,11 +643,13 @@ def mer_caption_plus_sample(
     )
 
 
+@forwards_kwargs_to(MERUniBenchDataset)
 def mer_unibench(tokenizer, data_dir: str, mode: str = "slow", **kwargs) -> MERUniBenchDataset:
     """One MER-UniBench-format evaluation set; kwargs as ``MERUniBenchDataset``."""
     return MERUniBenchDataset(tokenizer, data_dir, mode, **kwargs)
 
 
+@forwards_kwargs_to(MERUniBenchDataset)
 def mer_unibench_sample(
     tokenizer,
     dataset: str = "ovmerd",

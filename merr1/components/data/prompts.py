@@ -276,41 +276,41 @@ def build_chat_prompt(
     return f"{system}{IM_START}user\n{media_placeholder(num_audio, num_video)}{text}{IM_END}\n{IM_START}assistant\n"
 
 
-def recheck_prompt_ids(
-    tokenizer,
-    query: str,
-    prompt_ids: Sequence[int] | None = None,
-    *,
-    system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
-) -> list[int]:
+def recheck_prompt_ids(tokenizer, query: str, prompt_ids: Sequence[int], *, use_media: bool) -> list[int]:
     """Ids of a plain chat turn asking ``query``, for second passes of the policy (EMO-R3's re-checks).
 
-    ``build_chat_prompt(query, ...)`` tokenized, except that the media block is copied verbatim from
-    ``prompt_ids`` (the rollout's own prompt: from its first media start token to its last media end
-    token), so the re-check sees exactly the media placeholders of the rollout, whatever their layout
-    (audio then video, or audio interleaved in the video), and the rollout's media kwargs fit it.
+    The turn is set up like the rollout it re-checks: the system turn of ``prompt_ids`` (the
+    rollout's own prompt) is copied verbatim, and with ``use_media`` so is its media block (from its
+    first media start token to its last media end token), whatever its layout (audio then video, or
+    audio interleaved in the video), so the rollout's media kwargs fit the re-check. The result is
+    ``build_chat_prompt(query, ...)`` tokenized, with that system prompt and those placeholders.
 
     Args:
         tokenizer: the policy's tokenizer.
         query: the user text.
-        prompt_ids: the unpadded prompt whose media go with the query; None (or a prompt without
-            media) for a text-only turn.
-        system_prompt: system turn text; None leaves the system turn out.
+        prompt_ids: the unpadded prompt of the rollout being re-checked.
+        use_media: attach the prompt's media block (a text-only turn otherwise).
 
     Returns:
         The prompt ids up to and including the assistant header.
     """
+    ids = list(prompt_ids)
+    im_start, im_end = _token_id(tokenizer, IM_START), _token_id(tokenizer, IM_END)
+    system: list[int] = []
+    if ids and ids[0] == im_start and im_end in ids:
+        end = ids.index(im_end)
+        if tokenizer.decode(ids[1:end]).startswith("system\n"):
+            system = ids[: end + 1] + encode_text(tokenizer, "\n")
     media: list[int] = []
-    if prompt_ids is not None:
-        ids = list(prompt_ids)
-        starts = {_token_id(tokenizer, t) for t in (AUDIO_BOS, VISION_BOS) if t in tokenizer.get_vocab()}
-        ends = {_token_id(tokenizer, t) for t in (AUDIO_EOS, VISION_EOS) if t in tokenizer.get_vocab()}
+    if use_media:
+        vocab = tokenizer.get_vocab()
+        starts = {vocab[t] for t in (AUDIO_BOS, VISION_BOS) if t in vocab}
+        ends = {vocab[t] for t in (AUDIO_EOS, VISION_EOS) if t in vocab}
         first = next((i for i, t in enumerate(ids) if t in starts), None)
         last = next((i for i in range(len(ids) - 1, -1, -1) if ids[i] in ends), None)
         if first is not None and last is not None and first < last:
             media = ids[first : last + 1]
-    system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt is not None else ""
-    head = encode_text(tokenizer, f"{system}{IM_START}user\n")
+    head = system + encode_text(tokenizer, f"{IM_START}user\n")
     return head + media + encode_text(tokenizer, f"{query}{IM_END}\n{IM_START}assistant\n")
 
 

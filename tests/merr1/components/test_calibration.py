@@ -8,11 +8,12 @@ from merr1.components.calibration import (
     CalibrationInputs,
     CategoryFirstTokens,
     SlowFastCalibration,
+    WordLogits,
     category_log_confidence,
     locate_answer_words,
-    response_logits_at,
     slow_fast_gap,
     token_log_prob,
+    token_logits_at,
 )
 from merr1.components.emotion_wheel import EmotionWheels
 from merr1.components.tokenizer import tiny_tokenizer
@@ -278,13 +279,21 @@ def test_tiny_model_end_to_end(tok):
     words, fast = calibration.locate(response_ids, response_mask)
     assert words.words == ["happy", "sad", "calm"]
 
-    # Recipe side: forwards on [prompt; response] and [prompt; fast response], gather the rows.
-    P = len(prompt)
+    # What the recipe runs: per micro-batch (one response row each here, so words of both rows
+    # and of none are gathered), teacher-forced passes with each prompt computed once.
+    from merr1.components.generation import teacher_forced_logits
+
+    prompt_ids, prompt_mask = torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long)
+    gather = WordLogits(words, fast)
     with torch.no_grad():
-        slow_full = model(torch.cat([torch.tensor([prompt] * 2), response_ids], 1)).logits
-        fast_full = model(torch.cat([torch.tensor([prompt] * 2), fast.ids], 1)).logits
-    slow_logits = response_logits_at(slow_full, P, words.response_index, words.slow_position)
-    fast_logits = response_logits_at(fast_full, P, words.response_index, words.fast_position)
+        for row in range(2):
+            rows = slice(row, row + 1)
+            ids, mask = response_ids[rows], response_mask[rows]
+            token_logits = teacher_forced_logits(model, prompt_ids, prompt_mask, ids, mask, mask)
+            gather.add(rows, token_logits, mask, lambda f_ids, f_mask, targets: teacher_forced_logits(
+                model, prompt_ids, prompt_mask, f_ids, f_mask, targets))  # fmt: skip
+    slow_logits, fast_logits = gather.result()
+    assert slow_logits.shape == fast_logits.shape == (3, model.config.vocab_size)
     gap = slow_fast_gap(slow_logits, fast_logits, words, table)
 
     # Reference: contexts built from the pieces, one forward per word, a Python sum over F(c).
@@ -379,3 +388,21 @@ def test_confidence_and_gap_on_cuda_match_cpu(table):
     words = _one_word(table, "happy", 0, table.first_tokens(0)[0][0].item())
     gap = slow_fast_gap(logits[:1].cuda(), logits[1:2].cuda(), words, table)
     torch.testing.assert_close(gap.cpu(), slow_fast_gap(logits[:1], logits[1:2], words, table), atol=1e-5, rtol=1e-5)
+
+
+def test_token_logits_at_picks_rows_of_the_compact_output_in_any_order():
+    mask = torch.tensor([[True, True, False], [False, True, True]])  # tokens (0,0) (0,1) (1,1) (1,2)
+    token_logits = torch.arange(4.0)[:, None] * torch.ones(1, 5)  # row i holds i
+    picked = token_logits_at(token_logits, mask, torch.tensor([1, 0, 1]), torch.tensor([2, 0, 1]))
+    assert picked[:, 0].tolist() == [3.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="outside token_mask"):
+        token_logits_at(token_logits, mask, torch.tensor([0]), torch.tensor([2]))
+
+
+def test_word_logits_without_words_is_empty_with_the_vocab_width(tok, table):
+    ids, mask = batch_ids([enc(tok, "no tags at all")])
+    words, fast = locate_answer_words(ids, mask, table, fast_prefix=PREFIX)
+    gather = WordLogits(words, fast)
+    gather.add(slice(0, 1), torch.zeros(int(mask.sum()), 7), mask, lambda *a: pytest.fail("no fast pass needed"))
+    slow, fast_logits = gather.result()
+    assert slow.shape == fast_logits.shape == (0, 7)

@@ -14,10 +14,10 @@ from merr1.components.generation import (
     filter_logits,
     generate,
     media_token_ids,
-    repeat_media,
     sample_next_tokens,
     teacher_forced_logits,
 )
+from merr1.components.data.collate import repeat_media
 from merr1.components.models import tiny_qwen2, tiny_thinker
 from merr1.components.parallel import gathered_parameters
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer

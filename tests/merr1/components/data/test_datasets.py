@@ -577,3 +577,30 @@ def test_collators_reject_empty_batches(tok):
         SFTCollator(tok)([])
     with pytest.raises(ValueError, match="empty"):
         PromptCollator(tok)([])
+
+
+def test_select_media_equals_collating_the_selected_samples():
+    from merr1.components.data.collate import collate_media, select_media
+
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(frames, grid):
+        t, h, w = grid
+        return {
+            "input_features": torch.randn(1, 16, frames, generator=gen),
+            "feature_attention_mask": torch.ones(1, frames, dtype=torch.long),
+            "pixel_values_videos": torch.randn(t * h * w, 8, generator=gen),
+            "video_grid_thw": torch.tensor([grid]),
+            "video_second_per_grid": torch.tensor([1.0 + frames / 100]),
+        }
+
+    samples = [sample(40, (2, 4, 4)), sample(12, (2, 2, 4)), sample(24, (2, 4, 2))]
+    batch = collate_media(samples)
+    for chosen in ([1], [2, 1], [0, 2], [1, 1, 0]):
+        expected = collate_media([samples[i] for i in chosen])
+        got = select_media(batch, 3, chosen)
+        assert set(got) == set(expected)
+        for key in expected:
+            assert torch.equal(got[key], expected[key]), (chosen, key)
+    with pytest.raises(ValueError, match="not a multiple"):
+        select_media(batch, 2, [0])

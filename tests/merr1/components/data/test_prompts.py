@@ -248,18 +248,22 @@ def test_build_chat_prompt_is_a_plain_user_turn():
 
 
 @pytest.mark.parametrize("num_audio, num_video", [(2, 1), (0, 3), (1, 0), (0, 0)])
-def test_recheck_prompt_copies_the_rollout_media_block_and_equals_the_chat_prompt(num_audio, num_video):
+@pytest.mark.parametrize("system_prompt", ["S", None])
+def test_recheck_prompt_copies_the_rollout_setup_and_equals_the_chat_prompt(num_audio, num_video, system_prompt):
     from merr1.components.data.prompts import build_chat_prompt, build_prompt, encode_text, recheck_prompt_ids
     from merr1.components.tokenizer import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    rollout_prompt = encode_text(tok, build_prompt("I am fine.", num_audio=num_audio, num_video=num_video, system_prompt="S"))
-    query = "Which emotion best describes the text above?"
-    ids = recheck_prompt_ids(tok, query, rollout_prompt, system_prompt="S")
-    assert ids == encode_text(tok, build_chat_prompt(query, num_audio=num_audio, num_video=num_video, system_prompt="S"))
-    assert recheck_prompt_ids(tok, query, None, system_prompt=None) == encode_text(
-        tok, build_chat_prompt(query, system_prompt=None)
+    rollout_prompt = encode_text(
+        tok, build_prompt("I am fine.", num_audio=num_audio, num_video=num_video, system_prompt=system_prompt)
     )
+    query = "Which emotion best describes the text above?"
+    ids = recheck_prompt_ids(tok, query, rollout_prompt, use_media=True)
+    assert ids == encode_text(
+        tok, build_chat_prompt(query, num_audio=num_audio, num_video=num_video, system_prompt=system_prompt)
+    )
+    text_only = recheck_prompt_ids(tok, query, rollout_prompt, use_media=False)
+    assert text_only == encode_text(tok, build_chat_prompt(query, system_prompt=system_prompt))
 
 
 def test_recheck_prompt_keeps_an_interleaved_media_layout_verbatim():
@@ -272,6 +276,6 @@ def test_recheck_prompt_keeps_an_interleaved_media_layout_verbatim():
     block = [S["<|vision_bos|>"], S["<|audio_bos|>"], S["<|VIDEO|>"], S["<|AUDIO|>"], S["<|VIDEO|>"],
              S["<|AUDIO|>"], S["<|audio_eos|>"], S["<|vision_eos|>"]]  # fmt: skip
     prompt = [S["<|im_start|>"], 100, 101] + block + [102, S["<|im_end|>"]]
-    ids = recheck_prompt_ids(tok, "Yes or no?", prompt, system_prompt=None)
+    ids = recheck_prompt_ids(tok, "Yes or no?", prompt, use_media=True)
     start = ids.index(S["<|vision_bos|>"])
     assert ids[start : start + len(block)] == block
