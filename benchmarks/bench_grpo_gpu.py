@@ -257,26 +257,32 @@ def _recipe_class():
 
         train_encoders = False
 
-        def _build_model(self, cfg, trainable: bool) -> torch.nn.Module:
-            from torchtune import config
-
+        def _bench_model(self, spec, *, role: str, device, sharded: bool) -> torch.nn.Module:
+            """Replaces ``training.build_model`` during setup: bf16 parameters on the device (no
+            float32 master copy: the 7B state then fits one GPU), frozen encoders unless asked."""
             if self._world_size > 1:
                 raise ValueError("bench_grpo_gpu measures one device; launch it without torchrun")
-            model = config.instantiate(cfg.model, dtype=self._dtype, device=self._device)
+            model = spec.builder(dtype=self._dtype, device=device)
             if not self.train_encoders:
                 for encoder in multimodal_encoders(model):
                     encoder.requires_grad_(False)
-            if trainable and cfg.enable_activation_checkpointing:
+            if role == "train" and spec.activation_checkpointing:
                 parallel.apply_activation_checkpointing(model)
-            if cfg.compile:
+            if spec.compile:
                 parallel.compile_decoder_layers(model)
-            if not trainable:
+            if role != "train":
                 model.requires_grad_(False)
                 model.eval()
             return model
 
         def setup(self, cfg) -> None:
-            super().setup(cfg)
+            from merr1.components import training
+
+            original, training.build_model = training.build_model, self._bench_model
+            try:
+                super().setup(cfg)
+            finally:
+                training.build_model = original
             # Random weights: the stop tokens and strings are never sampled, so every response runs
             # to max_new_tokens and every step measures the same work (a real policy stops earlier).
             stops = self._sampling.eos_token_ids
@@ -288,7 +294,7 @@ def _recipe_class():
             rollout = super()._rollout(batch)
             write_answers(rollout, self._tokenizer, self._group_size)
             _synchronize(self._device)
-            return rollout
+            return dataclasses.replace(rollout, texts=self._decode(rollout.response_ids, rollout.response_mask))
 
         def _rollout_policy_pass(self, rollout):
             out = super()._rollout_policy_pass(rollout)
@@ -303,19 +309,19 @@ def _recipe_class():
     return BenchGRPORecipe
 
 
-def write_answers(rollout: dict[str, Any], tokenizer, group_size: int) -> None:
+def write_answers(rollout, tokenizer, group_size: int) -> None:
     """Overwrite each response's head with ``<think>`` and its tail with
     ``</think><answer>words</answer>`` + EOS, in place (lengths unchanged).
 
     Sample g of prompt b answers the first ``1 + g % 3`` of that prompt's labels, plus "calm" for
     odd g (so rewards differ within a group). Rows too short for head + tail are left as sampled.
     """
-    ids, mask = rollout["response_ids"], rollout["response_mask"]  # [R, T]
+    ids, mask = rollout.response_ids, rollout.response_mask  # [R, T]
     head = encode_pieces(tokenizer, ["<think>"])
     lengths = mask.sum(-1).tolist()
     for row, length in enumerate(lengths):
         b, g = divmod(row, group_size)
-        words = list(rollout["labels"][b][: 1 + g % 3]) + (["calm"] if g % 2 else [])
+        words = list(rollout.labels[b][: 1 + g % 3]) + (["calm"] if g % 2 else [])
         tail = encode_pieces(tokenizer, ["</think><answer>", ", ".join(words), "</answer>"]) + [tokenizer.eos_token_id]
         if length < len(head) + len(tail):
             continue
@@ -400,9 +406,7 @@ def run(args: argparse.Namespace) -> Result:
         recipe_class.train_encoders = args.train_encoders
         recipe = recipe_class(cfg)
         recipe.setup(cfg)
-        recipe._sampler.set_epoch(0, start_index=0)
-        recipe._loader_generator.manual_seed(recipe._data_seed)
-        batches = iter(recipe._dataloader)
+        batches = (batch for _, (batch,) in recipe._loader.steps(DataPosition()))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         steps: list[dict[str, float]] = []
@@ -413,7 +417,7 @@ def run(args: argparse.Namespace) -> Result:
             batch = next(batches)
             metrics = recipe._grpo_step(batch)
             recipe._position = DataPosition(0, step + 1, step + 1)
-            recipe._metric_logger.log(step + 1, metrics)
+            recipe._run.metric_logger.log(step + 1, metrics)
             _synchronize(device)
             metrics["wall"] = time.perf_counter() - start
             log.info("step %d: %.2f s, %s", step + 1, metrics["wall"],

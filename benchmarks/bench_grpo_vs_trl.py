@@ -90,6 +90,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # our `recipes` package, not the one in torchtune's wheel
 
+from merr1.components.checkpointing import DataPosition  # noqa: E402
 from merr1.components.models import tiny_qwen2  # noqa: E402
 from merr1.components.tokenizer import tiny_tokenizer  # noqa: E402
 
@@ -198,16 +199,13 @@ class Merr1Runner:
         self.recipe = GRPORecipe(cfg)
         self.recipe.setup(cfg)
         recipe = self.recipe
-        recipe._sampler.set_epoch(0, start_index=0)
-        recipe._loader_generator.manual_seed(recipe._data_seed)
-        self._batches = iter(recipe._dataloader)
+        self._batches = (batch for _, (batch,) in recipe._loader.steps(DataPosition()))
         self.side = Side("merr1")
         self.dataset = recipe._dataset
         self.tokenizer = recipe._tokenizer
         self._profiler: cProfile.Profile | None = None
 
     def step(self, measured: bool) -> None:
-        from merr1.components.checkpointing import DataPosition
 
         recipe = self.recipe
         if measured and self._profiler is not None:
@@ -216,7 +214,7 @@ class Merr1Runner:
         batch = next(self._batches)
         metrics = recipe._grpo_step(batch)
         recipe._position = DataPosition(0, recipe._position.step_in_epoch + 1, recipe._position.global_step + 1)
-        recipe._metric_logger.log(recipe._position.global_step, metrics)
+        recipe._run.metric_logger.log(recipe._position.global_step, metrics)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         if measured and self._profiler is not None:
             self._profiler.disable()

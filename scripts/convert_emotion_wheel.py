@@ -21,7 +21,7 @@ un-normalised ``format.csv`` entries, synonym words absent from every wheel).
 
 Usage (from the repository root)::
 
-    python scripts/convert_emotion_wheel.py [--src ../shared/reference/affectgpt_emotion_wheel]
+    python scripts/convert_emotion_wheel.py [--src tests/fixtures/affectgpt_emotion_wheel]
         [--out merr1/assets/emotion_wheel]
 """
 
@@ -45,7 +45,7 @@ from merr1.components.emotion_wheel import (  # noqa: E402
     parse_emotion_list,
 )
 
-DEFAULT_SRC = REPO_ROOT.parent / "shared" / "reference" / "affectgpt_emotion_wheel"
+DEFAULT_SRC = REPO_ROOT / "tests" / "fixtures" / "affectgpt_emotion_wheel"  # the official files, unchanged
 DEFAULT_OUT = REPO_ROOT / "merr1" / "assets" / "emotion_wheel"
 UPSTREAM = "AffectGPT project (https://github.com/zeroQiaoba/AffectGPT), folder AffectGPT/emotion_wheel/"
 UPSTREAM_COMMIT = "d961cab"

@@ -1,4 +1,4 @@
-"""Group-normalized advantages and advantage groups (METHOD section 4, DESIGN "Rewards and advantages").
+"""Group-normalized advantages and advantage groups (METHOD section 4; the contract: docs/advantages.md).
 
 ``group_normalize`` is GRPO's per-prompt normalization A = (x - mean) / (std + eps) over the G
 samples of a prompt (the last dimension). ``std`` is the POPULATION standard deviation

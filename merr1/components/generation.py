@@ -1,4 +1,4 @@
-"""Rollout generation for GRPO with the policy itself (issue 4, item 3; DESIGN.md "Rollout facts").
+"""Rollout generation for GRPO with the policy itself (docs/design_notes.md, "Rollout facts").
 
 ``generate`` samples ``num_samples`` (G) responses for each of B left-padded prompts:
 

@@ -17,7 +17,7 @@ Distributed loading (no rank ever holds two full copies): every rank builds the 
    parameters on ``device``, restores the non-persistent buffers, and broadcasts rank 0's
    tensors with ``set_model_state_dict(..., full_state_dict=True, broadcast_from_rank0=True)``,
    each rank keeping only its shard. That call turns the dict it is given into DTensors, so it is
-   given a shallow copy and the caller's dict stays untouched (DESIGN, "watch-out").
+   given a shallow copy and the caller's dict stays untouched (docs/design_notes.md, "Distributed, precision, speed").
 
 Saving (``save_hf_checkpoint``) gathers the full state dict to rank 0's CPU, casts it, splits it
 into safetensors files of at most ``max_shard_size_gb`` with a ``model.safetensors.index.json``,

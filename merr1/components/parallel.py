@@ -13,7 +13,7 @@ Apply them in this order (each one is optional), on the meta skeleton or a real 
 then load the weights (``hf_checkpoint.load_full_state_dict``) and build the optimizer. With
 float8 tensorwise + float8 all-gather, call ``precompute_float8_scales(model)`` after every
 optimizer step. Deviations from a textbook FSDP setup: the audio tower and vision encoder are their
-own FSDP units, which keeps ``generate``/forward working on a resharded model (DESIGN,
+own FSDP units, which keeps ``generate``/forward working on a resharded model (docs/design_notes.md,
 "Rollout facts"); AC and compile touch only the LLM decoder layers (the encoders are small).
 
 Train with ``use_cache=False``: with activation checkpointing a KV cache would be filled twice.

@@ -1,4 +1,4 @@
-"""Reward components for GRPO (YAML ``_component_`` targets; CONTRACTS.md "Rewards").
+"""Reward components for GRPO (YAML ``_component_`` targets; the contract: docs/rewards.md).
 
 Each is a callable class ``reward(batch: RewardBatch) -> RewardOutput`` with a class attribute
 ``outputs`` (the reward names it returns, checked by the recipe against the advantage groups

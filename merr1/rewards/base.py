@@ -1,4 +1,4 @@
-"""Reward base types (CONTRACTS.md "Rewards").
+"""Reward base types (the contract, with an example: docs/rewards.md).
 
 Every reward is a small callable class (a YAML ``_component_``: torchtune's ``instantiate`` calls
 the class with the YAML keys, so constructors take plain values) used as

@@ -17,7 +17,7 @@ tested):
 - F1 is computed per wheel and then averaged (not the harmonic mean of the averaged R and P).
 - ``duplicate_penalty`` (default off; the paper uses sets): precision is multiplied by
   (number of distinct parsed words) / (number of parsed words), so "happy, happy, sad" keeps 2/3
-  of its precision (DESIGN.md: the demo needs it, otherwise GRPO pads duplicates). F1 uses the
+  of its precision (docs/design_notes.md: the demo needs it, otherwise GRPO pads duplicates). F1 uses the
   penalized precision; recall is unchanged.
 - ``answer_scheme`` picks the answer: ``"answer"`` (last ``<answer>...</answer>``), ``"boxed"``
   (last ``\\boxed{...}``), ``"boxed_first"``; ``answer_fallback`` what a response without the tags

@@ -12,7 +12,7 @@ Whitespace is allowed between consecutive blocks; block contents may be empty.
 response (leading whitespace allowed); anything may follow it.
 ``strict=True``: the WHOLE response must be exactly the layout: nothing before the first tag,
 nothing (not even whitespace) after the closing tag, and no tag of the scheme inside any block
-content. DESIGN.md ("The CPU quick start can honestly learn") measured why the demo needs it:
+content. docs/design_notes.md ("The CPU quick start can honestly learn") measured why the demo needs it:
 with the lenient check a small policy learned to loop ``</think> <answer>`` fragments to the
 token cap and still collect the format reward. Responses are decoded with special tokens
 stripped, so an EOS after ``</answer>`` does not count as trailing text; a response cut at the

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import types
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_write_answers_overwrites_head_and_tail_only():
     mask = torch.ones(4, T, dtype=torch.bool)
     mask[1, 35:] = False  # length 35
     mask[3, 3:] = False  # too short: left as sampled
-    rollout = {"response_ids": ids, "response_mask": mask, "labels": [["sad", "angry"], ["happy"]]}
+    rollout = types.SimpleNamespace(response_ids=ids, response_mask=mask, labels=[["sad", "angry"], ["happy"]])
     bench.write_answers(rollout, tokenizer, group_size=2)
     texts = tokenizer.batch_decode([row[m].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)
     assert texts[0].startswith("<think>") and texts[0].endswith("</think><answer>sad</answer>")

@@ -11,17 +11,8 @@ from merr1.components.emotion_wheel import ASSET_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "convert_emotion_wheel.py"
-# CI checks out ../shared beside the clone; a worktree may reach it through /work/shared.
-REFERENCE_CANDIDATES = [
-    REPO_ROOT.parent / "shared" / "reference" / "affectgpt_emotion_wheel",
-    Path("/work/shared/reference/affectgpt_emotion_wheel"),
-]
-REFERENCE = next((p for p in REFERENCE_CANDIDATES if (p / "wheel1.xlsx").is_file()), None)
-needs_reference = pytest.mark.skipif(
-    REFERENCE is None,
-    reason="official emotion-wheel files not found (../shared/reference/affectgpt_emotion_wheel "
-    "beside the repository, or /work/shared/...)",
-)
+# The official files (Apache-2.0, shipped unchanged as a test fixture with their licence and provenance).
+REFERENCE = REPO_ROOT / "tests" / "fixtures" / "affectgpt_emotion_wheel"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +24,6 @@ def convert_module():
     return module
 
 
-@needs_reference
 def test_conversion_reproduces_committed_files(convert_module, tmp_path):
     convert_module.convert(REFERENCE, tmp_path)
     produced = sorted(p.name for p in tmp_path.iterdir())
@@ -43,14 +33,13 @@ def test_conversion_reproduces_committed_files(convert_module, tmp_path):
         assert (tmp_path / name).read_bytes() == (ASSET_DIR / name).read_bytes(), name
 
 
-@needs_reference
 def test_main_cli_writes_to_out(convert_module, tmp_path):
     assert convert_module.main(["--src", str(REFERENCE), "--out", str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "out" / "word_table.json").read_text())["happy"][4] == "powerful"
 
 
-def test_default_source_is_shared_reference_beside_the_repo(convert_module):
-    assert convert_module.DEFAULT_SRC == REPO_ROOT.parent / "shared" / "reference" / "affectgpt_emotion_wheel"
+def test_default_source_is_the_shipped_official_files(convert_module):
+    assert convert_module.DEFAULT_SRC == REFERENCE
     assert convert_module.DEFAULT_OUT == ASSET_DIR
 
 
@@ -149,7 +138,6 @@ def test_convert_reports_missing_source(convert_module, tmp_path):
         convert_module.convert(tmp_path, tmp_path / "out")
 
 
-@needs_reference
 def test_convert_refuses_a_format_name_without_synonyms(convert_module, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REFERENCE, src)

@@ -34,7 +34,7 @@ How it can be learned (the CPU quick start trains a tiny model from scratch on i
   only one of their emotions (reason and answer), and 10% of all SFT samples get one wrong extra
   emotion. The RL names and all evaluation sets have full labels. SFT therefore teaches the
   format and the cue -> word map but under-predicts; GRPO with recall + precision rewards can
-  then visibly raise recall (DESIGN.md, "The CPU quick start can honestly learn"; measured
+  then visibly raise recall (docs/design_notes.md, "The CPU quick start can honestly learn"; measured
   in benchmarks/RESULTS.md: held-out recall 0.83 -> 0.95 at precision 0.94 -> 0.98).
 - Evaluation sets: ``ovmerd`` (openset lists, same distribution as training), ``basic`` (one
   concept, label happy/sad/angry/worried), ``sentiment`` (MOSI-style scores: joy in [0.5, 3],

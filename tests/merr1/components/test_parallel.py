@@ -55,7 +55,7 @@ def _two_rank_scenario(out: dict) -> None:
         out["fsdp_resharded_loss"] = model(**batch).loss  # forward again on the resharded model
         prompt = {k: v for k, v in batch.items() if k not in ("labels", "use_cache")}
         out["ref_generate"] = tiny_thinker().generate(**prompt, max_new_tokens=3, do_sample=False)
-        # HF generate on a resharded Thinker needs the encoders as FSDP units (DESIGN, rollout facts)
+        # HF generate on a resharded Thinker needs the encoders as FSDP units (docs/design_notes.md, "Rollout facts")
         out["fsdp_generate"] = model.generate(**prompt, max_new_tokens=3, do_sample=False)
 
     model = tiny_thinker()
