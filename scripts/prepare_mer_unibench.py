@@ -51,6 +51,8 @@ from merr1.components.data.media import (
 from merr1.components.data.mer_unibench_release import BENCHMARKS, KNOWN_BAD_CLIPS, media_files, read_test_set, spec_for
 
 log = logging.getLogger("prepare_mer_unibench")
+# Problems of a known-bad clip's media are named but not counted (KNOWN_BAD_CLIPS).
+MEDIA_PROBLEMS = ("missing audio file", "missing video file", "unreadable media")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class SetReport:
 
     def add(self, name: str, kind: str, detail: str = "") -> None:
         known = KNOWN_BAD_CLIPS.get(self.dataset, {}).get(name)
-        if known:
+        if known and kind in MEDIA_PROBLEMS:
             self.known_problems.append((name, kind, f"{detail} ({known})" if detail else known))
         else:
             self.problems.append((name, kind, detail))

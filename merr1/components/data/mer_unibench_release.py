@@ -65,7 +65,6 @@ from __future__ import annotations
 import ast
 import importlib
 import io
-import logging
 import math
 import pickle
 import re
@@ -74,7 +73,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from merr1.components.data import media as data_media
 from merr1.components.data.datasets import (
     MEDIA_DIR,
     BadRowError,
@@ -98,8 +96,6 @@ __all__ = [
     "read_test_set",
     "string_to_list",
 ]
-
-log = logging.getLogger(__name__)
 
 MELD_IDX2EMO = {0: "anger", 1: "joy", 2: "sadness", 3: "neutral", 4: "disgust", 5: "fear", 6: "surprise"}
 IEMOCAP_IDX2EMO = {0: "happy", 1: "sad", 2: "neutral", 3: "anger"}
@@ -417,6 +413,10 @@ def read_test_set(dataset: str, root: str | Path) -> list[EvalRow]:
     """
     spec = spec_for(dataset)
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{spec.id}: root folder {root} not found (the release folder is named {spec.folder}; docs/mer_unibench.md)"
+        )
     rows = read_csv(root / spec.subtitle_file, ("name", spec.subtitle_column))
     subtitles = {row["name"]: "" if is_pandas_na(row[spec.subtitle_column]) else row[spec.subtitle_column]
                  for row in rows}  # fmt: skip

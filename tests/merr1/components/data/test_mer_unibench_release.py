@@ -235,6 +235,8 @@ def test_missing_files_columns_and_keys(copy):
     _rewrite_csv(root / "transcription_merge.csv", lambda rows: [[r[0], r[2]] for r in rows])  # no `chinese`
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['chinese'\]"):
         read_test_set("MER2024", root)
+    with pytest.raises(FileNotFoundError, match="MELD: root folder .*nowhere not found .*named meld-process"):
+        read_test_set("MELD", root.parent / "nowhere")
     root = copy("MELD")
     (root / "label.npz").unlink()
     with pytest.raises(FileNotFoundError, match="meld-process/label.npz"):
@@ -243,6 +245,19 @@ def test_missing_files_columns_and_keys(copy):
     _save_npz(root / "label.npz", train_corpus={}, test1_corpus={})
     with pytest.raises(ValueError, match=r"has no key 'test_corpus'; its keys are \['train_corpus', 'test1_corpus'\]"):
         read_test_set("SIMS", root)
+    _save_npz(root / "label.npz", test_corpus=["video_0003_0006", "video_0012_0003"])  # names, not a dict
+    with pytest.raises(ValueError, match=r"label.npz \[test_corpus\] holds a '<U15' array of shape \(2,\), not a pickled dict"):
+        read_test_set("SIMS", root)
+
+
+def test_miniature_keeps_the_release_quirks(mini):
+    sims = [r.name for r in read_test_set("SIMS", _root(mini, "SIMS"))]
+    simsv2 = [r.name for r in read_test_set("SIMSv2", _root(mini, "SIMSv2"))]
+    assert set(sims) < set(simsv2)  # every SIMS test name is a SIMSv2 test name
+    mosei = [r.name for r in read_test_set("CMUMOSEI", _root(mini, "CMUMOSEI"))]
+    assert {n[:2] for n in mosei} >= {"-M", "--", "_q"} and "24351_0" in mosei
+    with np.load(_root(mini, "MER2023") / "label-6way.npz", allow_pickle=False) as npz:  # no pickle needed to list
+        assert sorted(npz.files) == ["test1_corpus", "test2_corpus", "test3_corpus", "train_corpus"]
 
 
 def test_subtitle_cells_pandas_reads_as_nan_are_empty(copy):
