@@ -44,7 +44,7 @@ any code. ``read_npz_dict`` parses the zip and ``.npy`` header itself and unpick
 file needs (and ``_codecs.encode`` for latin-1, which protocol-2 pickles use for bytes); anything
 else raises ``UnsafePickleError`` naming the global it refused.
 
-Deliberate deviations (each tested; docs/mer_unibench.md):
+Deliberate deviations (docs/mer_unibench.md):
 
 - a sample the official code would crash on (a name with no subtitle row, an OV-MERD+ name
   without a label, an unknown label index, a non-number sentiment value) is a bad row reported by

@@ -514,3 +514,12 @@ def test_prepare_media_decodes_only_the_track2_names(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "track2").iterdir()) == track2
     assert script.main([*args, str(tmp_path / "all"), "--all_files"]) == 0
     assert sorted(p.stem for p in (tmp_path / "all").iterdir()) == sorted(track2 + MINIATURE_CAPTION["extra_clips"])
+
+
+def test_only_the_test_split_is_needed(copy):
+    """The official constructors also load train_corpus and need a subtitle for every training
+    name; evaluation does not (a documented deviation)."""
+    root = copy("MER2023")
+    _save_npz(root / "label-6way.npz", test1_corpus={"sample_00000101": {"emo": "worried", "val": -1.0}})
+    _rewrite_csv(root / "transcription-engchi-polish.csv", lambda rows: [r for r in rows if r[0] != "sample_00000003"])
+    assert [(r.name, r.label) for r in read_test_set("MER2023", root)] == [("sample_00000101", "worried")]
