@@ -178,6 +178,7 @@ class EvalRecipe:
                 kinds[kind] += count
             out[name] = {
                 "task": slow.task,
+                "benchmark": slow.benchmark,  # official MER-UniBench id (Table 1) or None
                 **by_mode,
                 "names": names[: self._max_samples],
                 "labels": {r.name: r.label for r in slow.records},
@@ -379,6 +380,7 @@ class EvalRecipe:
                 )
             datasets[name] = {
                 "task": entry["task"],
+                "benchmark": entry["benchmark"],
                 "official_metric": evaluation.OFFICIAL_METRIC[entry["task"]],
                 "num_samples": len(entry["names"]),
                 "num_bad_rows": entry["num_bad_rows"],

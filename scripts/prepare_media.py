@@ -12,6 +12,13 @@ Examples:
     # tiny-Thinker features (16 mel bins, one 28x28 frame pair), audio only
     python scripts/prepare_media.py --data_dir D --tiny --modalities audio
 
+Which samples: the names of ``--names_csv``; else, when ``{data_dir}`` holds MER-Caption+'s
+``track2_train_mercaptionplus.csv``, its names (the MER2025 release's ``video/`` folder holds
+132,171 clips, about four times the ~31k MER-Caption+ samples; ``--all_files`` decodes them all);
+else every ``.wav``/video file found.
+
+The MER-UniBench test sets have their own script, ``scripts/prepare_mer_unibench.py``.
+
 Decoding video needs PyAV: ``pip install 'merr1[media]'``. Idempotent; unreadable or missing
 files are logged by name and counted; exit status 1 with ``--strict`` if any sample failed.
 """
@@ -24,6 +31,7 @@ import sys
 from pathlib import Path
 
 from merr1.components.data import read_csv
+from merr1.components.data.datasets import TRACK2_CSV
 from merr1.components.data.media import VIDEO_EXTENSIONS, MediaConfig, find_media_files, prepare_media
 
 
@@ -38,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--tiny", action="store_true", help="features for the tiny test Thinker")
     parser.add_argument("--modalities", nargs="*", default=["audio", "video"], choices=["audio", "video"])
     parser.add_argument("--names_csv", type=Path, default=None, help="only the names of this CSV's name column")
+    parser.add_argument("--all_files", action="store_true",
+                        help=f"decode every file found, not only the names of DATA_DIR/{TRACK2_CSV}")
     parser.add_argument("--shard", default="0/1", help="i/n: process every n-th name starting at i")
     parser.add_argument("--cache_dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any sample failed")
@@ -52,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     audio_dir = args.audio_dir or args.data_dir / "audio"
     video_dir = args.video_dir or args.data_dir / "video"
     names = None
-    if args.names_csv is not None:
-        names = [row["name"] for row in read_csv(args.names_csv, ("name",))]
+    names_csv = args.names_csv
+    if names_csv is None and not args.all_files and (args.data_dir / TRACK2_CSV).is_file():
+        names_csv = args.data_dir / TRACK2_CSV
+        logging.getLogger("prepare_media").info("decoding the names of %s (--all_files: every file)", names_csv)
+    if names_csv is not None:
+        names = [row["name"] for row in read_csv(names_csv, ("name",))]
     shard, num_shards = (int(x) for x in args.shard.split("/"))
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {args.shard}: need 0 <= i < n")

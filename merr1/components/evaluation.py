@@ -26,6 +26,13 @@ Metrics (METHOD section 3, via ``merr1.score``), per data set and mode:
   accuracy; ``f1`` = the WAF (a weighted F1 already). A set whose GT scores are all 0 has no WAF
   (NaN, with a warning) instead of failing the whole report.
 
+Table 1 (``format_table1``, printed first when the data sets are the official ones read by
+``merr1.components.data.mer_unibench_official``, i.e. their reports carry a ``benchmark`` id): each
+set's official metric in slow and fast mode, the MER-UniBench mean, the paper's F1 variant of
+the four basic-emotion sets and the F1 mean ("R-Mean"), with the paper's MER-R1 and Baseline
+numbers (``PAPER_TABLE1``) in side columns. The paper's numbers are for its own run (greedy
+slow thinking is the setting they compare with); they are printed for comparison only.
+
 Benchmark means (METHOD section 6): ``mer_unibench_mean`` = the plain mean over the data sets of
 this run of their official metric (the paper's "MER-UniBench mean" when the nine sets OV-MERD+,
 MER2023, MER2024, MELD, IEMOCAP, MOSI, MOSEI, SIMS, SIMSv2 are all present); ``f1_mean`` = the
@@ -55,6 +62,26 @@ log = logging.getLogger(__name__)
 MODES = ("slow", "fast")
 TASKS = ("ovmerd", "basic", "sentiment")
 OFFICIAL_METRIC = {"ovmerd": "f1", "basic": "hit_rate", "sentiment": "waf"}
+
+# The paper's numbers (MER-R1, arXiv 2606.27652, Table 1 and the slow-vs-fast comparison), in %,
+# keyed by the official data set ids of merr1.components.data.mer_unibench_release.BENCHMARKS. Official
+# metrics: OV-MERD+ F1, hit rate for the four basic-emotion sets, WAF for the four sentiment sets.
+# "f1_mean" is the paper's R-Mean (F1 everywhere) for slow and fast thinking. The per-set numbers
+# of the Baseline and the per-set F1 of the basic-emotion sets are not copied here ("-" in tables).
+PAPER_TABLE1: dict[str, dict[str, Any]] = {
+    "MER-R1": {
+        "sets": {"OVMERDPlus": 70.68, "MER2023": 88.60, "MER2024": 92.96, "MELD": 71.90, "IEMOCAPFour": 78.10,
+                 "CMUMOSI": 86.06, "CMUMOSEI": 86.73, "SIMS": 88.04, "SIMSv2": 88.48},
+        "mer_unibench_mean": 83.50,
+        "f1_mean": {"slow": 61.80, "fast": 60.86},
+    },
+    "Baseline": {
+        "sets": {},
+        "mer_unibench_mean": 77.87,
+        "f1_mean": {"slow": 58.11, "fast": 58.49},
+    },
+}  # fmt: skip
+NUM_BENCHMARK_SETS = 9
 _NAN = float("nan")
 _MAX_LOGGED_PROBLEMS = 5
 
@@ -285,8 +312,48 @@ def _num(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def _paper(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table1(report: Mapping[str, Any]) -> str:
+    """The paper's Table 1 layout (module docstring): official metric per set, the MER-UniBench
+    mean, the F1 variant of the basic-emotion sets and the F1 mean, slow and fast, with the
+    paper's MER-R1 and Baseline numbers (``PAPER_TABLE1``) beside them."""
+    metric_names = {"f1": "F1", "hit_rate": "hit rate", "waf": "WAF"}
+    runs = list(PAPER_TABLE1)
+    head = f"{'data set':<12} {'metric':<22} {'slow':>7} {'fast':>7} | " + " ".join(f"{r:>12}" for r in runs)
+
+    def row(label: str, metric: str, slow: float, fast: float, paper: Sequence[str]) -> str:
+        return f"{label:<12} {metric:<22} {_pct(slow):>7} {_pct(fast):>7} | " + " ".join(f"{p:>12}" for p in paper)
+
+    datasets = report["datasets"]
+    official = {name for name, d in datasets.items() if d.get("benchmark")}
+    lines = ["MER-UniBench, the paper's Table 1 layout (%): this run (slow, fast) | the paper's numbers", head]
+    for name, d in datasets.items():
+        metric = metric_names[OFFICIAL_METRIC[d["task"]]]
+        paper = [_paper(PAPER_TABLE1[r]["sets"].get(d.get("benchmark"))) for r in runs]
+        lines.append(row(name, metric, d["slow"]["official"], d["fast"]["official"], paper))
+    means = report["means"]
+    num = means["num_datasets"]
+    scope = f"{num} sets" + ("" if len(official) == num == NUM_BENCHMARK_SETS else f"; the paper's: {NUM_BENCHMARK_SETS}")
+    lines.append(row("mean", f"official ({scope})", means["mer_unibench_mean"]["slow"],
+                     means["mer_unibench_mean"]["fast"], [_paper(PAPER_TABLE1[r]["mer_unibench_mean"]) for r in runs]))
+    basic = [(name, d) for name, d in datasets.items() if d["task"] == "basic"]
+    if basic:
+        lines.append("F1 variant of the basic-emotion sets (the paper's re-evaluation with the emotion wheels)")
+        for name, d in basic:
+            lines.append(row(name, "F1", d["slow"]["f1"], d["fast"]["f1"], ["-"] * len(runs)))
+    f1_paper = [f"{_paper(PAPER_TABLE1[r]['f1_mean']['slow'])}/{_paper(PAPER_TABLE1[r]['f1_mean']['fast'])}"
+                for r in runs]  # fmt: skip
+    lines.append(row("R-Mean", f"F1 everywhere ({scope})", means["f1_mean"]["slow"], means["f1_mean"]["fast"], f1_paper))
+    lines.append("(paper R-Mean: slow/fast)")
+    return "\n".join(lines)
+
+
 def format_tables(report: Mapping[str, Any]) -> str:
-    """The paper-style tables: scores (Tables 1 and 3) and the slow-vs-fast diagnostics."""
+    """The paper-style tables: Table 1 (when the sets are the official ones), scores (Tables 1
+    and 3) and the slow-vs-fast diagnostics."""
     metric_names = {"f1": "F1", "hit_rate": "hit rate", "waf": "WAF"}
     rows = [f"{'data set':<18} {'task':<10} {'metric':<9} {'slow':>7} {'fast':>7} | {'F1 slow':>7} {'F1 fast':>7}"]
     for name, d in report["datasets"].items():
@@ -302,6 +369,8 @@ def format_tables(report: Mapping[str, Any]) -> str:
         f"{_pct(means['f1_mean']['slow']):>7} {_pct(means['f1_mean']['fast']):>7}"
     )
     lines = ["MER-UniBench scores (%), greedy slow vs fast thinking", *rows]
+    if any(d.get("benchmark") for d in report["datasets"].values()):
+        lines = [format_table1(report), "", *lines]
     diag = {name: d["diagnostics"] for name, d in report["datasets"].items() if d.get("diagnostics")}
     if diag:
         lines += ["", "Slow vs fast diagnostics (recall/precision in %, gap = slow - fast; log-confidences in nats)"]

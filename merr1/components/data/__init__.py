@@ -2,6 +2,9 @@
 
 - ``datasets``: the ``Dataset`` classes and their YAML builders (``mer_caption_plus``,
   ``mer_caption_plus_sample``, ``mer_unibench``, ``mer_unibench_sample``);
+- ``mer_unibench_release``: the nine official MER-UniBench test sets read as released
+  (``mer_unibench_official``; label .npz files through a restricted unpickler);
+- ``mer_unibench_miniature``: small generated copies of the official layouts (tests, debug config);
 - ``prompts``: chat prompts, response formats (MER-R1, VideoAuto-R1, EMO-R3), the fast-thinking
   prefix and the EMO-R3 re-check prompts;
 - ``collate``: ``SFTCollator``, ``PromptCollator``, media collation and selection;
@@ -17,6 +20,8 @@ from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTColla
 from merr1.components.data.datasets import (
     BadRow,
     BadRowError,
+    EvalRow,
+    EvalSet,
     MERCaptionPlusDataset,
     MERUniBenchDataset,
     mer_caption_plus,
@@ -26,14 +31,18 @@ from merr1.components.data.datasets import (
     parse_openset,
     parse_openset_cell,
     read_csv,
+    read_eval_folder,
     read_subtitles,
     split_sft_rl,
 )
+from merr1.components.data.mer_unibench_release import mer_unibench_official
 
 __all__ = [
     "IGNORE_INDEX",
     "BadRow",
     "BadRowError",
+    "EvalRow",
+    "EvalSet",
     "MERCaptionPlusDataset",
     "MERUniBenchDataset",
     "PromptCollator",
@@ -42,10 +51,12 @@ __all__ = [
     "mer_caption_plus",
     "mer_caption_plus_sample",
     "mer_unibench",
+    "mer_unibench_official",
     "mer_unibench_sample",
     "parse_openset",
     "parse_openset_cell",
     "read_csv",
+    "read_eval_folder",
     "read_subtitles",
     "split_sft_rl",
 ]

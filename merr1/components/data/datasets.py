@@ -9,7 +9,9 @@ MER-Caption+ (METHOD section 1), files in ``data_dir``:
 - ``media_cache/{name}.safetensors``: the decoded media (``merr1.components.data.media``; made by
   ``scripts/prepare_media.py`` from the official ``video/`` and ``audio/`` folders).
 
-MER-UniBench-format evaluation set (merr1's own simple layout), one folder per data set:
+MER-UniBench evaluation sets come either from the official release, read as released by
+``merr1.components.data.mer_unibench_release`` (``mer_unibench_official``; docs/mer_unibench.md), or from
+merr1's own simple layout, one folder per data set:
 
 - ``labels.csv`` whose second column names the task:
   ``name, openset`` -> fine-grained (OV-MERD+ style list string; empty -> neutral),
@@ -34,6 +36,10 @@ importable from here, turn lists of them into batches):
   [] for sentiment), ``label`` (the raw label cell; a float for sentiment), ``response_prefix``
   (the prefill text to prepend to a generated continuation), ``media``.
 
+Missing values: a subtitle or openset cell that pandas' ``read_csv`` would read as NaN (an empty
+cell or one of its default NA strings such as ``NA``, ``None``, ``null``, ``nan``; the official
+code reads every CSV with pandas) is an empty subtitle / the neutral label, as in the official code.
+
 Bad rows (duplicate name, unknown label format, empty basic label or unreadable score, missing or
 empty reason in ``sft`` mode, missing subtitle row, missing/unreadable/inconsistent media entry,
 too long) are logged with their name and reason, counted in one summary line and skipped; with
@@ -53,7 +59,7 @@ import hashlib
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -77,6 +83,8 @@ __all__ = [
     "IGNORE_INDEX",
     "BadRow",
     "BadRowError",
+    "EvalRow",
+    "EvalSet",
     "MERCaptionPlusDataset",
     "MERUniBenchDataset",
     "PromptCollator",
@@ -87,8 +95,10 @@ __all__ = [
     "mer_unibench",
     "mer_unibench_sample",
     "parse_openset",
+    "is_pandas_na",
     "parse_openset_cell",
     "read_csv",
+    "read_eval_folder",
     "read_subtitles",
     "split_sft_rl",
 ]
@@ -136,14 +146,29 @@ class BadRowError(ValueError):
 parse_openset = parse_emotion_list
 
 
+# pandas.read_csv's default NA strings (pandas._libs.parsers.STR_NA_VALUES, pandas 2.x): the
+# official code reads every CSV with pandas, so these cells are NaN there (an empty subtitle, the
+# neutral label). Compared with the raw cell, unstripped, as pandas does.
+PANDAS_NA_STRINGS = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})  # fmt: skip
+
+
+def is_pandas_na(cell: str) -> bool:
+    """Whether ``pandas.read_csv`` (default settings) reads this raw CSV cell as NaN."""
+    return cell in PANDAS_NA_STRINGS
+
+
 def parse_openset_cell(text: str) -> list[str]:
     """A MER-Caption+/OV-MERD+ openset cell -> GT words; BadRowError for an unknown format.
 
-    ``""`` and ``"[]"`` are the neutral label (an empty list). Any other cell must split into
-    items that each contain a letter (so ``"["``, ``"[,]"`` or ``"[1, 2]"`` are rejected).
+    ``""``, ``"[]"`` and pandas' NA strings (``is_pandas_na``) are the neutral label (an empty
+    list). Any other cell must split into items that each contain a letter (so ``"["``,
+    ``"[,]"`` or ``"[1, 2]"`` are rejected).
     """
     stripped = text.strip()
-    if stripped in ("", "[]"):
+    if stripped in ("", "[]") or is_pandas_na(text):
         return []
     words = parse_openset(stripped)
     if not words or any(not re.search(r"[^\W\d_]", w) for w in words):
@@ -195,9 +220,12 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, s
     return rows
 
 
-def read_subtitles(path: str | Path) -> dict[str, str]:
-    """name -> English subtitle (``name, english`` columns; others ignored)."""
-    return {row["name"]: row["english"].strip() for row in read_csv(path, ("name", "english"))}
+def read_subtitles(path: str | Path, column: str = "english") -> dict[str, str]:
+    """name -> subtitle (``name`` and ``column``; other columns ignored). A cell pandas reads as
+    NaN is ``""`` (the official ``if pd.isna(subtitle): subtitle = ""``); a repeated name keeps
+    its last row (the official dict does the same)."""
+    rows = read_csv(path, ("name", column))
+    return {row["name"]: "" if is_pandas_na(row[column]) else row[column].strip() for row in rows}
 
 
 @dataclass
@@ -458,7 +486,45 @@ class MERCaptionPlusDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# MER-UniBench-format evaluation sets
+# MER-UniBench evaluation sets
+
+
+@dataclass
+class EvalRow:
+    """One evaluation sample as read from its files, before the media and prompt checks.
+
+    ``label`` is the GT as scored (an openset cell, a basic-emotion word, or a sentiment score);
+    ``words`` its parsed GT words ([] for sentiment); ``subtitle`` None when the subtitle file
+    has no row for the name; ``problem`` set when the label cannot be used (the row is then
+    reported as a bad row with that kind and detail).
+    """
+
+    name: str
+    label: Any = None
+    words: list[str] = field(default_factory=list)
+    subtitle: str | None = None
+    problem: BadRowError | None = None
+
+
+@dataclass
+class EvalSet:
+    """An evaluation set read from disk: rows in evaluation order plus where its media cache is.
+
+    Attributes:
+        name: data set name for reports and prediction files.
+        task: "ovmerd", "basic" or "sentiment".
+        rows: every sample (bad ones included, with ``problem``), in file order.
+        media_dir: the media cache folder (``{name}.safetensors`` per sample).
+        source: where it was read from (for messages).
+        benchmark: the official MER-UniBench data set id (e.g. "MER2023") or None.
+    """
+
+    name: str
+    task: str
+    rows: list[EvalRow]
+    media_dir: Path
+    source: str
+    benchmark: str | None = None
 
 
 def _eval_label(task: str, cell: str) -> tuple[Any, list[str]]:
@@ -481,26 +547,62 @@ def _eval_label(task: str, cell: str) -> tuple[Any, list[str]]:
     return score, []
 
 
+def read_eval_folder(data_dir: str | Path, media_dir: str | Path | None = None, name: str | None = None) -> EvalSet:
+    """An evaluation set in merr1's own layout (module docstring): ``labels.csv`` (its label
+    column names the task), ``subtitle.csv``, ``media_cache/`` (or ``media_dir``).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing file or column, or not exactly one label column.
+    """
+    data_dir = Path(data_dir)
+    rows = read_csv(data_dir / EVAL_LABELS_CSV, ("name",))
+    with (data_dir / EVAL_LABELS_CSV).open(newline="", encoding="utf-8-sig") as f:
+        header = [c.strip() for c in next(csv.reader(f))]
+    columns = [c for c in header if c in EVAL_TASKS]
+    if len(columns) != 1:
+        raise ValueError(
+            f"{data_dir / EVAL_LABELS_CSV} must have exactly one label column of {list(EVAL_TASKS)}; header {header}"
+        )
+    task = EVAL_TASKS[columns[0]]
+    subtitles = read_subtitles(data_dir / EVAL_SUBTITLE_CSV)
+    out = []
+    for row in rows:
+        entry = EvalRow(row["name"], subtitle=subtitles.get(row["name"]))
+        try:
+            entry.label, entry.words = _eval_label(task, row[columns[0]])
+        except BadRowError as e:
+            entry.problem = e
+        out.append(entry)
+    return EvalSet(
+        name or data_dir.name, task, out, Path(media_dir) if media_dir is not None else data_dir / MEDIA_DIR,
+        str(data_dir),
+    )  # fmt: skip
+
+
 class MERUniBenchDataset(Dataset):
-    """One MER-UniBench-format evaluation set (see the module docstring), prompts in slow or fast mode.
+    """One MER-UniBench evaluation set, prompts in slow or fast mode.
 
     Args:
         tokenizer: HF tokenizer.
-        data_dir: the data set's folder (``labels.csv``, ``subtitle.csv``, ``media_cache/``).
+        data_dir: the data set's folder in merr1's layout (``labels.csv``, ``subtitle.csv``,
+            ``media_cache/``; see the module docstring), or an already read ``EvalSet`` (the
+            official release's readers in ``merr1.components.data.mer_unibench_release``).
         mode: "slow" (think then answer) or "fast" (prefilled empty reasoning).
-        response_format, system_prompt, instruction, modalities, media_dir, max_seq_len, strict,
+        response_format, system_prompt, instruction, modalities, max_seq_len, strict,
         spatial_merge_size, num_mel_bins: as in ``MERCaptionPlusDataset``.
-        name: data set name for reports (default: the folder name).
+        media_dir: media cache folder (default: ``{data_dir}/media_cache`` / the EvalSet's).
+        name: data set name for reports (default: the folder name / the EvalSet's).
 
     Attributes:
-        task: "ovmerd", "basic" or "sentiment" (from the labels.csv header).
+        task: "ovmerd", "basic" or "sentiment" (from the labels.csv header / the EvalSet).
+        benchmark: the official MER-UniBench id (e.g. "MER2023") or None (merr1's layout).
         response_prefix: the prefill text ("" in slow mode).
     """
 
     def __init__(
         self,
         tokenizer,
-        data_dir: str | Path,
+        data_dir: str | Path | EvalSet,
         mode: str = "slow",
         *,
         response_format: str = "mer_r1",
@@ -516,59 +618,60 @@ class MERUniBenchDataset(Dataset):
     ):
         if mode not in ("slow", "fast"):
             raise ValueError(f"mode must be 'slow' or 'fast', got {mode!r}")
-        data_dir = Path(data_dir)
-        self.name = name or data_dir.name
+        if isinstance(data_dir, EvalSet):
+            eval_set = data_dir
+            media_dir = Path(media_dir) if media_dir is not None else eval_set.media_dir
+            name = name or eval_set.name
+        else:
+            eval_set = read_eval_folder(data_dir, media_dir, name)
+            media_dir, name = eval_set.media_dir, eval_set.name
+        self.name = name
         self.mode = mode
+        self.task = eval_set.task
+        self.benchmark = eval_set.benchmark
         self.encoder = _SampleEncoder(
             tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins
         )
         self.response_prefix = self.encoder.format.fast_prefix if mode == "fast" else ""
-        media_dir = Path(media_dir) if media_dir is not None else data_dir / MEDIA_DIR
-
-        rows = read_csv(data_dir / EVAL_LABELS_CSV, ("name",))
-        with (data_dir / EVAL_LABELS_CSV).open(newline="", encoding="utf-8-sig") as f:
-            header = [c.strip() for c in next(csv.reader(f))]
-        columns = [c for c in header if c in EVAL_TASKS]
-        if len(columns) != 1:
-            raise ValueError(
-                f"{data_dir / EVAL_LABELS_CSV} must have exactly one label column of {list(EVAL_TASKS)}; "
-                f"header {header}"
-            )
-        label_column = columns[0]
-        self.task = EVAL_TASKS[label_column]
         subtitle_ids = self.encoder.tokenize_subtitles(
-            read_subtitles(data_dir / EVAL_SUBTITLE_CSV), {row["name"] for row in rows}
+            {r.name: r.subtitle for r in eval_set.rows if r.subtitle is not None and r.problem is None},
+            {r.name for r in eval_set.rows},
         )
 
         self.records: list[_Record] = []
         self.bad_rows: list[BadRow] = []
         seen: set[str] = set()
-        for row in rows:
-            name_ = row["name"]
-            if name_ in seen:
-                self.bad_rows.append(BadRow(name_, "duplicate name"))
+        for row in eval_set.rows:
+            if row.name in seen:
+                self.bad_rows.append(BadRow(row.name, "duplicate name"))
                 continue
-            seen.add(name_)
+            seen.add(row.name)
             try:
-                label, words = _eval_label(self.task, row[label_column])
-                if name_ not in subtitle_ids:
-                    raise BadRowError("missing subtitle")
-                num_audio, num_video, media_path = 0, 0, None
-                if self.encoder.modalities:
-                    media_path = data_media.cache_path(media_dir, name_)
-                    num_audio, num_video = self.encoder.media_counts(media_path)
-                ids = subtitle_ids[name_]
-                prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video, mode == "fast")
-                if max_seq_len is not None and prompt_len > max_seq_len:
-                    raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
+                self.records.append(self._make_record(row, subtitle_ids, media_dir, max_seq_len))
             except BadRowError as e:
-                self.bad_rows.append(BadRow(name_, e.kind, e.detail))
-                continue
-            self.records.append(
-                _Record(name_, words, torch.tensor(ids, dtype=torch.int32), num_audio, num_video,
-                        media_path, label=label)  # fmt: skip
-            )
-        _report_bad_rows(f"{self.task} set {self.name} ({data_dir})", self.bad_rows, len(self.records), strict)
+                self.bad_rows.append(BadRow(row.name, e.kind, e.detail))
+        _report_bad_rows(f"{self.task} set {self.name} ({eval_set.source})", self.bad_rows, len(self.records), strict)
+
+    def _make_record(self, row: EvalRow, subtitle_ids, media_dir: Path, max_seq_len: int | None) -> _Record:
+        if row.problem is not None:
+            raise row.problem
+        if not row.name:
+            raise BadRowError("empty name")
+        if row.name not in subtitle_ids:
+            raise BadRowError("missing subtitle")
+        num_audio, num_video, media_path = 0, 0, None
+        if self.encoder.modalities:
+            try:
+                media_path = data_media.cache_path(media_dir, row.name)
+            except ValueError as e:
+                raise BadRowError("unusable name", str(e)) from None
+            num_audio, num_video = self.encoder.media_counts(media_path)
+        ids = subtitle_ids[row.name]
+        prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video, self.mode == "fast")
+        if max_seq_len is not None and prompt_len > max_seq_len:
+            raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
+        return _Record(row.name, list(row.words), torch.tensor(ids, dtype=torch.int32), num_audio, num_video,
+                       media_path, label=row.label)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.records)

@@ -189,3 +189,47 @@ def test_training_reward_summary_first_and_last_window():
     assert training_reward_summary(rows[:4], window=10)["recall"]["first"] == pytest.approx(0.15)  # window halves
     with pytest.raises(ValueError, match="at least 2"):
         training_reward_summary(rows[:1])
+
+
+def _table1_report(benchmarks):
+    """Three sets (OV-MERD+, MER2023, SIMS) with hand-picked scores."""
+
+    def scores(official, f1):
+        return {"slow": {"official": official, "f1": f1}, "fast": {"official": official / 2, "f1": f1 / 2}}
+
+    ids = dict(zip(("OV-MERD+", "MER2023", "SIMS"), benchmarks))
+    return {
+        "datasets": {
+            "OV-MERD+": {"task": "ovmerd", "benchmark": ids["OV-MERD+"], **scores(0.5, 0.5)},
+            "MER2023": {"task": "basic", "benchmark": ids["MER2023"], **scores(0.8, 0.25)},
+            "SIMS": {"task": "sentiment", "benchmark": ids["SIMS"], **scores(0.6, 0.6)},
+        },
+        "means": {"num_datasets": 3, "mer_unibench_mean": {"slow": 0.6, "fast": 0.3},
+                  "f1_mean": {"slow": 0.45, "fast": float("nan")}},
+    }  # fmt: skip
+
+
+def test_table1_layout_with_the_papers_numbers():
+    from merr1.components.evaluation import PAPER_TABLE1, format_table1, format_tables
+
+    lines = format_table1(_table1_report(("OVMERDPlus", "MER2023", "SIMS"))).splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:] if not line.startswith(("F1 variant", "(paper"))}
+    assert rows["OV-MERD+"] == ["OV-MERD+", "F1", "50.00", "25.00", "|", "70.68", "-"]
+    assert rows["SIMS"] == ["SIMS", "WAF", "60.00", "30.00", "|", "88.04", "-"]
+    assert rows["mean"][-4:] == ["30.00", "|", "83.50", "77.87"] and "the paper's: 9" in lines[5]
+    assert rows["R-Mean"][-4:] == ["-", "|", "61.80/60.86", "58.11/58.49"]  # a NaN mean prints as "-"
+    # the F1 variant: basic-emotion sets only (a second MER2023 row, under its header)
+    f1_rows = lines[lines.index(next(l for l in lines if l.startswith("F1 variant"))) + 1 :]
+    assert f1_rows[0].split() == ["MER2023", "F1", "25.00", "12.50", "|", "-", "-"]
+    assert PAPER_TABLE1["MER-R1"]["sets"]["MER2023"] == 88.60
+    # merr1's own layout (no benchmark id): no Table 1 block and no paper numbers
+    assert "Table 1 layout" not in format_tables(_table1_report((None, None, None)))
+    assert format_tables(_table1_report(("OVMERDPlus", "MER2023", "SIMS"))).startswith("MER-UniBench, the paper's Table 1")
+
+
+def test_table1_paper_numbers_average_to_the_papers_mean():
+    """The copied per-set numbers reproduce the paper's MER-UniBench mean (83.50) within its rounding."""
+    from merr1.components.evaluation import PAPER_TABLE1
+
+    sets = PAPER_TABLE1["MER-R1"]["sets"]
+    assert len(sets) == 9 and abs(sum(sets.values()) / 9 - PAPER_TABLE1["MER-R1"]["mer_unibench_mean"]) < 0.01

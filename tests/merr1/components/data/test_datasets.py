@@ -100,9 +100,24 @@ def test_parse_openset(text, words):
     assert parse_openset(text) == words
 
 
-@pytest.mark.parametrize("cell, words", [("", []), ("[]", []), (" [] ", []), ("['sad']", ["sad"])])
+@pytest.mark.parametrize(
+    "cell, words",
+    [("", []), ("[]", []), (" [] ", []), ("['sad']", ["sad"]),
+     ("NA", []), ("None", []), ("null", []), ("nan", []),  # pandas reads these cells as NaN: neutral
+     (" None", ["none"])],  # pandas compares the raw cell  # fmt: skip
+)
 def test_parse_openset_cell(cell, words):
     assert parse_openset_cell(cell) == words
+
+
+def test_read_subtitles_pandas_na_cells(tmp_path):
+    from merr1.components.data.datasets import read_subtitles
+
+    path = tmp_path / "subtitle_chieng.csv"
+    _write_csv(path, ["name", "chinese", "english"],
+               [["a", "你好", "NA"], ["b", "", "None"], ["c", "x", "  Hello there "], ["d", "y", ""], ["c", "z", "last"]])  # fmt: skip
+    assert read_subtitles(path) == {"a": "", "b": "", "c": "last", "d": ""}  # a repeated name keeps its last row
+    assert read_subtitles(path, "chinese") == {"a": "你好", "b": "", "c": "z", "d": "y"}
 
 
 @pytest.mark.parametrize("cell", ["[", "[,]", "[1, 2]", "['', '']", "'''"])
