@@ -4,7 +4,7 @@ What is implemented, exactly. Per token t of rollout i (only tokens where ``mask
 
     importance_ratio="token" (default; DeepSeekMath's GRPO, TRL ``importance_sampling_level="token"``):
         r_t    = exp(logp_t - old_logp_t)                           one ratio per TOKEN
-    importance_ratio="sequence" (GSPO, Zheng et al. 2025, arXiv 2507.18071, Eq. 7):
+    importance_ratio="sequence" (GSPO, Zheng et al. 2025, arXiv 2507.18071):
         s_i    = exp( (1/|y_i|) sum_t (logp_t - old_logp_t) )        one ratio per SEQUENCE,
                                                                     length-normalized; r_t = s_i
     L_clip = -min(r_t * A_i, clip(r_t, 1 - clip_low, 1 + clip_high) * A_i)
@@ -17,7 +17,7 @@ over the G rollouts; merr1 (like TRL and DeepSeekMath, whose GRPO the paper buil
 token-level ratios by default. The literal product ratio of Eq. 3 is not implemented: it is
 exp(sum over the whole response), which a clip range of 0.2 cannot serve for responses of hundreds
 of tokens; ``"sequence"`` is its length-normalized form from GSPO, with the clip applied to s_i
-(GSPO's own clip range is ~3e-4 / 4e-4, the configs' ``clip_low`` / ``clip_high``). The gradient
+(the GSPO paper clips s_i to [1 - 3e-4, 1 + 4e-4]: set ``clip_low`` / ``clip_high`` so). The gradient
 flows through s_i (d s_i = s_i * mean_t d logp_t), as in GSPO; s_i is computed in the logprobs'
 dtype from the masked mean of the log-ratios (an all-masked sequence has s_i = 1). With one policy
 update per rollout batch (all ratios 1) both choices give the same loss and gradient under every
