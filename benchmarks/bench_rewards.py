@@ -1,8 +1,10 @@
 """Reward scoring speed: 4,096 responses (1,024 prompts x G = 4) on one CPU thread.
 
 Measures every reward component that needs no model pass (the calibration reward from
-precomputed per-word gaps), the advantage groups, and the MER-R1 total (set rewards + format +
-calibration rewards + advantages), against the issue-3 target of < 100 ms. Also times the
+precomputed per-word gaps), the advantage groups, and each variant's total, against the targets
+of < 100 ms: the MER-R1 total (set rewards + format + calibration rewards + advantages; issue 3)
+and "all VideoAuto-R1 rewards" (early/final answers with the official parsing, the official format
+check and the advantage group: the ``total VideoAuto-R1`` row; issue 13). Also times the
 tokenizer-side calibration step (``locate_answer_words``) for information: it belongs to the
 model-pass part of the pipeline.
 
@@ -54,6 +56,7 @@ MER_R1_GROUPS = [
 def make_batch(num_prompts: int, group_size: int, seed: int = 0) -> tuple[RewardBatch, RewardBatch]:
     """A MER-R1-style batch and a VideoAuto-R1-style batch with the same labels."""
     rng = random.Random(seed)
+    extra = random.Random(seed + 1)  # VideoAuto-R1 variations: the MER-R1 batch stays as before
     labels, slow, boxed = [], [], []
     for _ in range(num_prompts):
         labels.append(rng.sample(WORDS[:-1], rng.randint(0, 3)))
@@ -62,7 +65,10 @@ def make_batch(num_prompts: int, group_size: int, seed: int = 0) -> tuple[Reward
             answer = ", ".join(rng.sample(WORDS, rng.randint(0, 4)))
             reasoning = REASONING * rng.randint(1, 4)
             group.append(f"<think>{reasoning}</think><answer>{answer}</answer>")
-            group_boxed.append(rf"\boxed{{{answer}}}<think>{reasoning}</think>\boxed{{{answer}}}")
+            # VideoAuto-R1: a quarter decline the early answer (the bonus path), some reason with a box
+            early = "Let's analyze the problem step by step." if extra.random() < 0.25 else answer
+            aside = r" so maybe \boxed{sad}" if extra.random() < 0.1 else ""
+            group_boxed.append(rf"\boxed{{{early}}}<think>{reasoning}{aside}</think>\boxed{{{answer}}}")
         slow.append(group)
         boxed.append(group_boxed)
     return RewardBatch(responses=slow, labels=labels), RewardBatch(responses=boxed, labels=labels)
@@ -119,6 +125,7 @@ def main() -> None:
     advantage = AdvantageGroups(MER_R1_GROUPS)
     recall, precision, f1, fmt = RecallReward(), PrecisionReward(), F1Reward(), FormatReward(strict=False)
     strict_fmt, cali, videoauto = FormatReward(strict=True), CalibrationRewards(), VideoAutoAnswerRewards()
+    videoauto_fmt = FormatReward("answer_think_answer")  # VideoAuto-R1's official check (the default)
     rewards = {}
     for out in (EmotionSetRewards()(fresh(batch)), fmt(batch), cali(batch)):
         rewards.update(out.rewards)
@@ -137,7 +144,8 @@ def main() -> None:
         ("Recall+Precision+F1 (shared parse)", lambda: [r(b) for b in [fresh(batch)] for r in (recall, precision, f1)]),
         ("FormatReward lenient", lambda: fmt(batch)),
         ("FormatReward strict", lambda: strict_fmt(batch)),
-        ("VideoAutoAnswerRewards", lambda: videoauto(boxed)),
+        ("VideoAutoAnswerRewards (official a1/a2 parsing)", lambda: videoauto(boxed)),
+        ("FormatReward answer_think_answer (official)", lambda: videoauto_fmt(boxed)),
         (f"CalibrationRewards ({len(batch.extras['calibration'].response_index)} words)", lambda: cali(batch)),
         ("AdvantageGroups (MER-R1, 5 groups)", lambda: advantage(rewards)),
         ("total Baseline: F1, format, advantages", lambda: total((f1, fmt), BASELINE_GROUPS)),
@@ -146,7 +154,7 @@ def main() -> None:
         (
             "total VideoAuto-R1: answers, format, advantages",
             lambda: total(
-                (videoauto, FormatReward("answer_think_answer")),
+                (videoauto, videoauto_fmt),
                 [{"name": "a", "rewards": {"early_answer": 0.9, "final_answer": 1.1, "format": 1.0}}],
                 boxed,
             ),

@@ -4,8 +4,19 @@
 samples of a prompt (the last dimension). ``std`` is the POPULATION standard deviation
 (``unbiased=False``): it is defined for G = 1 (where it is 0) and it makes each normalized reward
 have unit population variance, which is what Proposition 3 uses (correlations are scale-free, so
-the proposition holds with either choice up to the eps). A group whose values are all equal
-(G = 1 included) gets exactly 0, never NaN.
+the proposition holds with either choice up to the eps).
+
+Ties (issue 13). A group whose values are equal up to float rounding gets exactly 0, never NaN
+and never a rounding artefact: the statistics are computed in float64, and a group whose std is
+at most ``TIE_RTOL`` (1e-6) times its scale counts as tied. Without this, rewards that are equal
+mathematically but not in float32 got advantages of order 0.1 from a std of ~1e-8 and the 1e-6
+eps (VideoAuto-R1, G = 2: 0.9 * [0.8, 2/3] + 1.1 * [1, 0.2] + [0, 1] = [1.82, 1.82] gave
+A = [0, 0.11]). The scale is the largest magnitude of the terms that made the values: in
+``AdvantageGroups`` sum_r |w_r| max_g |R_r| per prompt (the bound on what float32 rounding of
+the rewards can perturb), for a bare ``group_normalize`` call max_g |x|. 1e-6 is ~17 float32 ulps
+of the scale: above the rounding of a few float32 rewards and their weighted sum, and far below
+any difference a reward means (set rewards move in steps of >= 1/40 of their scale; an
+SFCC gap difference of 1e-6 of its size is below the precision of the log-probs it comes from).
 
 ``AdvantageGroups`` is the one mechanism behind every variant. A config lists groups
 
@@ -51,26 +62,44 @@ from dataclasses import dataclass
 import torch
 
 
-def group_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalize over the last dimension: (x - mean) / (std + eps), population std.
+# A group whose std is at most TIE_RTOL times its scale is tied (module docstring).
+TIE_RTOL = 1e-6
+
+
+def group_normalize(
+    x: torch.Tensor, eps: float = 1e-6, scale: torch.Tensor | None = None, tie_rtol: float = TIE_RTOL
+) -> torch.Tensor:
+    """Normalize over the last dimension: (x - mean) / (std + eps), population std, in float64.
 
     Args:
         x: rewards, ``[..., G]`` (e.g. ``[num_prompts, G]``).
         eps: added to the std (keeps near-constant groups finite).
+        scale: per-group magnitude the tie test is relative to, ``[..., 1]`` (or broadcastable);
+            default max_g |x|.
+        tie_rtol: a group with std <= ``tie_rtol * scale`` is tied (module docstring).
 
     Returns:
-        Same shape as ``x``, float32 (float64 kept). Exactly 0 for every group whose values are
-        all equal (G = 1 included).
+        Same shape as ``x``, float32 (float64 kept). Exactly 0 for every tied group: all values
+        equal (G = 1 and all-zero groups included) or equal up to float rounding.
     """
     if x.dim() == 0:
         raise ValueError("group_normalize needs at least one dimension (the G samples of a prompt)")
-    if not x.is_floating_point():
-        x = x.float()
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.double()
     mean = x.mean(dim=-1, keepdim=True)
     std = x.std(dim=-1, keepdim=True, unbiased=False)
-    constant = x.amax(dim=-1, keepdim=True) == x.amin(dim=-1, keepdim=True)
+    if scale is None:
+        scale = x.abs().amax(dim=-1, keepdim=True)
+    tied = std <= tie_rtol * scale.double()  # [..., 1]
     normalized = (x - mean) / (std + eps)
-    return torch.where(constant, torch.zeros_like(normalized), normalized)
+    return torch.where(tied, torch.zeros_like(normalized), normalized).to(out_dtype)
+
+
+def tied_groups(x: torch.Tensor, scale: torch.Tensor | None = None, tie_rtol: float = TIE_RTOL) -> torch.Tensor:
+    """Which groups ``group_normalize`` sets to 0 (no learning signal). # [..., G] -> [...] bool"""
+    x = x.double()
+    scale = x.abs().amax(dim=-1, keepdim=True) if scale is None else scale.double()
+    return (x.std(dim=-1, keepdim=True, unbiased=False) <= tie_rtol * scale).squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,8 @@ class AdvantageGroups:
     ``(advantages [num_prompts, G] float32, stats)``. ``stats`` holds, per group ``name``:
     ``adv/{name}/reward_mean`` and ``adv/{name}/reward_std`` (the group's summed reward, mean of the
     per-prompt population std) and ``adv/{name}/zero_std_frac`` (fraction of prompts whose group
-    reward is constant, i.e. contribute no signal), plus ``adv/zero_std_frac`` for the final advantage.
+    reward is tied, i.e. contribute no signal), plus ``adv/zero_std_frac`` for the final advantage.
+    Sums and normalization run in float64; the scale of the tie test is sum_r |w_r| max_g |R_r|.
     """
 
     def __init__(self, groups: Sequence[Mapping], eps: float = 1e-6) -> None:
@@ -154,13 +184,14 @@ class AdvantageGroups:
         advantages = None
         stats: dict[str, float] = {}
         for group in self.groups:
-            summed = sum(w * rewards[r].float() for r, w in group.rewards)  # [num_prompts, G]
-            normalized = group_normalize(summed, self.eps)
+            # float64: equal rewards must sum to equal values (ties, module docstring)
+            summed = sum(w * rewards[r].double() for r, w in group.rewards)  # [num_prompts, G]
+            scale = sum(abs(w) * rewards[r].double().abs().amax(-1, keepdim=True) for r, w in group.rewards)  # [num_prompts, 1]
+            normalized = group_normalize(summed, self.eps, scale)  # [num_prompts, G] float64
             advantages = group.weight * normalized if advantages is None else advantages + group.weight * normalized
-            constant = summed.amax(-1) == summed.amin(-1)  # [num_prompts]
             stats[f"adv/{group.name}/reward_mean"] = summed.mean().item()
             stats[f"adv/{group.name}/reward_std"] = summed.std(-1, unbiased=False).mean().item()
-            stats[f"adv/{group.name}/zero_std_frac"] = constant.float().mean().item()
+            stats[f"adv/{group.name}/zero_std_frac"] = tied_groups(summed, scale).double().mean().item()
         assert advantages is not None
-        stats["adv/zero_std_frac"] = (advantages.abs().amax(-1) == 0).float().mean().item()
-        return advantages, stats
+        stats["adv/zero_std_frac"] = (advantages.abs().amax(-1) == 0).double().mean().item()
+        return advantages.float(), stats

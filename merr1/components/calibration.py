@@ -87,6 +87,14 @@ def _default_fast_prefix(tokenizer) -> tuple[str, list[int]]:
 # First-token sets per category
 
 
+FIRST_TOKEN_MASSES = ("distinct_tokens", "per_word")
+
+
+def _check_first_token_mass(first_token_mass: str) -> None:
+    if first_token_mass not in FIRST_TOKEN_MASSES:
+        raise ValueError(f"first_token_mass must be one of {FIRST_TOKEN_MASSES}, got {first_token_mass!r}")
+
+
 class CategoryFirstTokens:
     """First-token sets F_g(c) of every level-1 category of every wheel, per glue g.
 
@@ -95,12 +103,29 @@ class CategoryFirstTokens:
     strings): 0 is ``""`` (word at answer start), 1 is ``" "`` (word after ", "); more are added on
     first use by ``spelling_index``.
 
+    Two readings of conf(c) = log sum p (Eq. 1; issue 13), ``first_token_mass``:
+
+    - ``"distinct_tokens"`` (default): sum over the DISTINCT first tokens of c's words, each once
+      (a membership matrix). conf(c) is then the log-probability of one event, "the next token
+      starts a word of c": <= 0, and not inflated for a category that lists many synonyms
+      sharing a first token (``happy``, ``happiness``, ``happily`` often share theirs).
+    - ``"per_word"``: Eq. 1 literally, sum over c's WORDS of p(the word's first token), so a
+      first token shared by n words of c counts n times (a count matrix). The mass can exceed 1
+      and grows with how many listed words of c start alike. When one token dominates both the
+      slow and the fast distribution its count cancels in the gap; otherwise the gaps differ.
+
     Args:
         tokenizer: the policy's HF tokenizer.
         wheels: the emotion wheels (default ``EmotionWheels.load()``).
+        first_token_mass: ``"distinct_tokens"`` or ``"per_word"`` (above); the default of
+            ``category_log_confidence`` for this table.
     """
 
-    def __init__(self, tokenizer, wheels: EmotionWheels | None = None) -> None:
+    def __init__(
+        self, tokenizer, wheels: EmotionWheels | None = None, first_token_mass: str = "distinct_tokens"
+    ) -> None:
+        _check_first_token_mass(first_token_mass)
+        self.first_token_mass = first_token_mass
         wheels = wheels or EmotionWheels.load()
         self.tokenizer = tokenizer
         self.token_bytes = token_bytes_table(tokenizer)
@@ -142,12 +167,27 @@ class CategoryFirstTokens:
 
     def first_tokens(self, spelling: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_ids [U] int64, membership [U, C] bool)`` of a spelling id."""
+        token_ids, counts = self._sets[spelling]
+        return token_ids, counts > 0
+
+    def word_counts(self, spelling: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_ids [U] int64, counts [U, C] int64)``: how many words of category c start
+        with token u (glue-only first tokens left out, as in the sets)."""
         return self._sets[spelling]
+
+    def mass_weights(self, spelling: int, first_token_mass: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_ids [U], weights [U, C] float64)``: how often p(u) enters conf(c), per reading
+        (class docstring; ``None`` = this table's ``first_token_mass``)."""
+        first_token_mass = self.first_token_mass if first_token_mass is None else first_token_mass
+        _check_first_token_mass(first_token_mass)
+        token_ids, counts = self._sets[spelling]
+        weights = counts if first_token_mass == "per_word" else counts > 0
+        return token_ids, weights.to(torch.float64)
 
     def token_set(self, spelling: int, flat_category: int) -> set[int]:
         """F_g(c) as a Python set (inspection and tests)."""
-        token_ids, membership = self._sets[spelling]
-        return set(token_ids[membership[:, flat_category]].tolist())
+        token_ids, counts = self._sets[spelling]
+        return set(token_ids[counts[:, flat_category] > 0].tolist())
 
     def _build_sets(self, glue: str) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [glue + w for w in self._words]
@@ -155,14 +195,14 @@ class CategoryFirstTokens:
         firsts = [ids[0] if ids else -1 for ids in encoded]
         glue_len = len(glue.encode("utf-8"))
         lengths = dict(zip(set(firsts) - {-1}, map(len, self.token_bytes(list(set(firsts) - {-1})))))
-        pairs = {(t, c) for t, c in zip(firsts, self._word_category) if t >= 0 and lengths[t] > glue_len}
+        pairs = [(t, c) for t, c in zip(firsts, self._word_category) if t >= 0 and lengths[t] > glue_len]
         token_ids = sorted({t for t, _ in pairs})
         column = {t: u for u, t in enumerate(token_ids)}
-        membership = torch.zeros(len(token_ids), self.num_categories, dtype=torch.bool)
+        counts = torch.zeros(len(token_ids), self.num_categories, dtype=torch.int64)  # words per (token, category)
         if pairs:
             index = torch.tensor([(column[t], c) for t, c in pairs], dtype=torch.int64)
-            membership[index[:, 0], index[:, 1]] = True
-        return torch.tensor(token_ids, dtype=torch.int64), membership
+            counts.index_put_((index[:, 0], index[:, 1]), torch.ones(len(pairs), dtype=torch.int64), accumulate=True)
+        return torch.tensor(token_ids, dtype=torch.int64), counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,14 +214,18 @@ def category_log_confidence(
     spelling: torch.Tensor,
     table: CategoryFirstTokens,
     temperature: float = 1.0,
+    first_token_mass: str | None = None,
 ) -> torch.Tensor:
-    """conf(c) = logsumexp of the log-probs of category c's first tokens, for every category.
+    """conf(c) = log sum_u w(u, c) p(u) over category c's first tokens u, for every category.
 
     Args:
         logits: next-token logits at the word positions. # [W, V]
         spelling: spelling id of each row (``table.spellings``). # [W]
         table: the first-token sets.
         temperature: logits are divided by it before the softmax.
+        first_token_mass: ``"distinct_tokens"`` (w = 1 per distinct first token) or ``"per_word"``
+            (w = the number of c's words starting with u: Eq. 1 literally); ``None`` = the
+            table's (``CategoryFirstTokens`` docstring).
 
     Returns:
         float32 log confidences, >= log(float64 tiny) ~ -708 (an empty set gives that floor, never
@@ -196,13 +240,13 @@ def category_log_confidence(
     spelling = spelling.to(logits.device)
     for s in torch.unique(spelling).tolist():
         rows = (spelling == s).nonzero().squeeze(-1)  # [W_s]
-        token_ids, membership = table.first_tokens(s)
+        token_ids, weights = table.mass_weights(s, first_token_mass)  # [U], [U, C] float64
         if token_ids.numel() == 0:
             continue
         member = logits[rows][:, token_ids.to(logits.device)]  # [W_s, U]
         top = member.amax(-1, keepdim=True)  # [W_s, 1]
         # exp in float64: a category far below the row's best member must not underflow to 0.
-        sums = (member - top).double().exp() @ membership.to(device=logits.device, dtype=torch.float64)  # [W_s, C]
+        sums = (member - top).double().exp() @ weights.to(logits.device)  # [W_s, C]
         out[rows] = sums.clamp_min(floor).log() + (top - log_norm[rows]).double()
     return out.float()
 
@@ -670,6 +714,9 @@ class SlowFastCalibration:
         temperature: logits are divided by it (1.0: the policy's own distribution).
         fast_prefix: fast-thinking response prefix; None = ``prompts.FAST_THINKING_PREFIX``.
         answer_tags: opening and closing answer tags.
+        first_token_mass: the reading of Eq. 1 for ``"category"`` confidence:
+            ``"distinct_tokens"`` (default: each distinct first token once) or ``"per_word"``
+            (once per word); see ``CategoryFirstTokens``. ``"word"`` (A1) does not use it.
 
     Usage::
 
@@ -688,7 +735,9 @@ class SlowFastCalibration:
         temperature: float = 1.0,
         fast_prefix: str | None = None,
         answer_tags: Sequence[str] = ("<answer>", "</answer>"),
+        first_token_mass: str = "distinct_tokens",
     ) -> None:
+        _check_first_token_mass(first_token_mass)
         if confidence not in ("category", "word"):
             raise ValueError(f"confidence must be 'category' or 'word', got {confidence!r}")
         if temperature <= 0:
@@ -699,6 +748,7 @@ class SlowFastCalibration:
         self.temperature = temperature
         self.fast_prefix = fast_prefix
         self.answer_tags = (str(answer_tags[0]), str(answer_tags[1]))
+        self.first_token_mass = first_token_mass
         self.table: CategoryFirstTokens | None = None
 
     def setup(
@@ -712,7 +762,7 @@ class SlowFastCalibration:
                 ``locate_answer_words``).
             wheels: default ``EmotionWheels.load()``.
         """
-        self.table = CategoryFirstTokens(tokenizer, wheels)
+        self.table = CategoryFirstTokens(tokenizer, wheels, self.first_token_mass)
         if self.fast_prefix is None:
             prefix, ids = _default_fast_prefix(tokenizer)
         else:

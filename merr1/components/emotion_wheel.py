@@ -46,12 +46,17 @@ NUM_WHEELS = 5
 BITS_PER_WHEEL = 8
 _WHEEL_FIELD = (1 << BITS_PER_WHEEL) - 1
 
-ANSWER_SCHEMES = ("answer", "boxed", "boxed_first")
+ANSWER_SCHEMES = ("answer", "boxed", "boxed_first", "videoauto_a1", "videoauto_a2")
 ANSWER_FALLBACKS = ("none", "full")
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _BOXED_OPEN = "\\boxed{"
 _BRACES = re.compile(r"[{}]")
+# VideoAuto-R1's box (its public reward code): content of non-brace characters and brace pairs
+# holding no brace, i.e. at most one level of nesting. Possessive loops: the content can never
+# end on a brace, so backtracking could not find another match, only waste time.
+_VIDEOAUTO_BOX = re.compile(r"\\boxed\{((?:[^{}]++|\{[^{}]*+\})*+)\}")
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 # Blocks removed by the "full" fallback: reasoning and the EMO-R3 step blocks.
 _REASONING_TAGS = ("think", "step1", "step2", "step3")
 _STRAY_TAGS = tuple(f"<{t}>" for t in (*_REASONING_TAGS, "answer")) + tuple(
@@ -136,6 +141,34 @@ def _boxed_spans(response: str) -> list[str]:
     return spans
 
 
+def videoauto_segment(response: str, index: int) -> str:
+    """The text VideoAuto-R1 reads answer ``index`` from (official reward code, issue 13).
+
+    ``index`` 0 (early answer a1): the text before the FIRST ``<think>``; 1 (final answer a2): the
+    text after the LAST ``</think>``. A response without that tag is its own segment.
+    """
+    if index == 0:
+        return response.partition(_THINK_OPEN)[0]
+    if index == 1:
+        return response.rpartition(_THINK_CLOSE)[2]
+    raise ValueError(f"VideoAuto-R1 answer index must be 0 (a1) or 1 (a2), got {index!r}")
+
+
+def videoauto_box(segment: str) -> str | None:
+    """The content of the ONLY ``\\boxed{...}`` of ``segment`` (raw, not stripped), else None.
+
+    Boxes are found left to right without overlap; a box may hold one level of nested braces
+    (``\\boxed{\\text{a}}``); a deeper one is no box, though an inner box with one level can
+    still match (``\\boxed{x{y{z}}}`` holds none, ``\\boxed{\\boxed{a}}`` holds one, whose content
+    is ``\\boxed{a}``). Zero boxes or two or more give None.
+    """
+    found = _VIDEOAUTO_BOX.finditer(segment)
+    first = next(found, None)
+    if first is None or next(found, None) is not None:
+        return None
+    return first.group(1)
+
+
 def _strip_reasoning(response: str) -> str:
     # "full" fallback: drop <think>...</think> and <stepN>...</stepN> blocks (an unclosed block
     # runs to the end), then any stray tag left over.
@@ -159,7 +192,12 @@ def extract_answer(response: str, scheme: str = "answer", fallback: str = "none"
       ``<answer>`` before it is no answer: fast-thinking callers keep the prefilled
       ``<think></think><answer>`` prefix in front of the generated text.
     - ``"boxed"``: content of the last complete ``\\boxed{...}`` (balanced braces).
-    - ``"boxed_first"``: content of the first complete ``\\boxed{...}`` (VideoAuto-R1 early answer).
+    - ``"boxed_first"``: content of the first complete ``\\boxed{...}`` (balanced braces).
+    - ``"videoauto_a1"`` / ``"videoauto_a2"``: VideoAuto-R1's early / final answer exactly as its
+      public reward code reads them: the segment before the first ``<think>`` / after the last
+      ``</think>`` (the whole response when the tag is missing) must hold exactly one
+      ``\\boxed{...}`` with at most one level of nested braces (``videoauto_segment``,
+      ``videoauto_box``). Where the official code yields ``""`` this scheme finds no span.
 
     Args:
         response: decoded response text (special tokens stripped).
@@ -179,6 +217,10 @@ def extract_answer(response: str, scheme: str = "answer", fallback: str = "none"
         raise ValueError(f"response must be a string, got {type(response).__name__}")
     if scheme == "answer":
         span = _last_answer_tag(response)
+    elif scheme == "videoauto_a1":
+        span = videoauto_box(videoauto_segment(response, 0))
+    elif scheme == "videoauto_a2":
+        span = videoauto_box(videoauto_segment(response, 1))
     else:
         spans = _boxed_spans(response)
         span = (spans[0] if scheme == "boxed_first" else spans[-1]) if spans else None

@@ -20,7 +20,8 @@ tested):
   of its precision (docs/design_notes.md: the demo needs it, otherwise GRPO pads duplicates). F1 uses the
   penalized precision; recall is unchanged.
 - ``answer_scheme`` picks the answer: ``"answer"`` (last ``<answer>...</answer>``), ``"boxed"``
-  (last ``\\boxed{...}``), ``"boxed_first"``; ``answer_fallback`` what a response without the tags
+  (last ``\\boxed{...}``), ``"boxed_first"``, ``"videoauto_a1"`` / ``"videoauto_a2"`` (VideoAuto-R1's
+  official early / final answer); ``answer_fallback`` what a response without the tags
   yields (``"none"``: nothing, ``"full"``: the response without its reasoning blocks); both are
   ``merr1.components.emotion_wheel.extract_answer``'s.
 
@@ -154,7 +155,7 @@ class _SetReward:
     """Shared implementation of the three set rewards (see the module docstring).
 
     Args:
-        answer_scheme: ``"answer"``, ``"boxed"`` or ``"boxed_first"``.
+        answer_scheme: one of ``emotion_wheel.ANSWER_SCHEMES`` (``"answer"``, ``"boxed"``, ...).
         answer_fallback: ``"none"`` or ``"full"`` (for responses without the answer tags).
         duplicate_penalty: repeated answer words count against precision (demo option).
     """

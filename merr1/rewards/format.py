@@ -8,15 +8,27 @@ Tag schemes (``scheme``):
 
 Whitespace is allowed between consecutive blocks; block contents may be empty.
 
-``strict=False`` (lenient, the paper's regex style): the layout must appear at the start of the
-response (leading whitespace allowed); anything may follow it.
+``strict=False`` (default): the reference rule of the scheme.
+
+- ``think_answer`` and ``emo_r3_steps`` (the paper's regex style): the layout must appear at the
+  start of the response (leading whitespace allowed); anything may follow it.
+- ``answer_think_answer``: VideoAuto-R1's official format reward (its public reward code,
+  IVUL-KAUST/VideoAuto-R1 at f7d91a3; issue 13), ``videoauto_format_ok``: the WHOLE response is
+  whitespace, a box, whitespace, ``<think>``, anything, ``</think>``, whitespace, a box,
+  whitespace, and ``<think>`` and ``</think>`` each occur at most once in it. A box is
+  ``\\boxed{...}`` with at most one level of nested braces inside. Whitespace is Unicode
+  whitespace (Python's ``\\s`` = ``str.isspace``). The think block may be empty or blank (the
+  official pattern's "not empty" lookahead is always satisfied by the ``</think>`` after it), and
+  may hold boxes.
+
 ``strict=True``: the WHOLE response must be exactly the layout: nothing before the first tag,
 nothing (not even whitespace) after the closing tag, and no tag of the scheme inside any block
-content. docs/design_notes.md ("The CPU quick start can honestly learn") measured why the demo needs it:
-with the lenient check a small policy learned to loop ``</think> <answer>`` fragments to the
-token cap and still collect the format reward. Responses are decoded with special tokens
-stripped, so an EOS after ``</answer>`` does not count as trailing text; a response cut at the
-token cap does not end with the closing tag and fails the strict check.
+content (boxes: no braces at all). docs/design_notes.md ("The CPU quick start can honestly learn") measured
+why the demo needs it: with the lenient check a small policy learned to loop
+``</think> <answer>`` fragments to the token cap and still collect the format reward. Responses
+are decoded with special tokens stripped, so an EOS after ``</answer>`` does not count as
+trailing text; a response cut at the token cap does not end with the closing tag and fails the
+strict check.
 """
 
 from __future__ import annotations
@@ -39,6 +51,28 @@ _SCHEMES: dict[str, list[tuple[str, str]]] = {
 }
 
 FORMAT_SCHEMES = tuple(_SCHEMES)
+
+# VideoAuto-R1's answer box, one level of nested braces (as ``emotion_wheel.videoauto_box``),
+# alone between optional whitespace.
+_VIDEOAUTO_BOX_ALONE = re.compile(r"\s*\\boxed\{(?:[^{}]++|\{[^{}]*+\})*+\}\s*")
+
+
+def videoauto_format_ok(response: str) -> bool:
+    """VideoAuto-R1's official format check (module docstring), written as string splits.
+
+    Equivalent to the official single regex: with ``<think>`` and ``</think>`` at most once each,
+    the layout needs both, ``<think>`` first; the text before ``<think>`` and the text after
+    ``</think>`` must each be one box between optional whitespace.
+    """
+    head, think_open, rest = response.partition("<think>")
+    if not think_open or "<think>" in rest or response.count("</think>") != 1:
+        return False
+    _, think_close, tail = rest.partition("</think>")
+    return (
+        bool(think_close)
+        and _VIDEOAUTO_BOX_ALONE.fullmatch(head) is not None
+        and _VIDEOAUTO_BOX_ALONE.fullmatch(tail) is not None
+    )
 
 
 def _text_without(tags: list[str]) -> str:
@@ -78,7 +112,8 @@ class FormatReward:
 
     Args:
         scheme: ``"think_answer"``, ``"answer_think_answer"`` or ``"emo_r3_steps"``.
-        strict: whole-response exact match (module docstring); default False (paper).
+        strict: whole-response exact match (module docstring); default False: the scheme's
+            reference rule (paper regex; VideoAuto-R1's official check for ``answer_think_answer``).
     """
 
     outputs = ("format",)
@@ -92,6 +127,8 @@ class FormatReward:
         """1.0 if ``response`` has the layout, else 0.0."""
         if self.strict:
             return 1.0 if self._strict.fullmatch(response) is not None else 0.0
+        if self.scheme == "answer_think_answer":
+            return 1.0 if videoauto_format_ok(response) else 0.0
         # A well-formed prefix matches the fast strict pattern; only malformed ones need the lazy scan.
         head = response.lstrip()
         return 1.0 if self._strict.match(head) is not None or self._lazy.match(head) is not None else 0.0

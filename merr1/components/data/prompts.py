@@ -158,7 +158,8 @@ class ResponseFormat:
 RESPONSE_FORMATS: dict[str, ResponseFormat] = {
     "mer_r1": ResponseFormat("mer_r1", MER_R1_INSTRUCTION, "answer", "answer", _mer_r1_pieces),
     "videoauto_r1": ResponseFormat(
-        "videoauto_r1", VIDEOAUTO_R1_INSTRUCTION, "boxed", "boxed_first", _videoauto_r1_pieces
+        # a2 / a1 read as VideoAuto-R1's official reward code reads them (issue 13)
+        "videoauto_r1", VIDEOAUTO_R1_INSTRUCTION, "videoauto_a2", "videoauto_a1", _videoauto_r1_pieces
     ),
     "emo_r3": ResponseFormat("emo_r3", EMO_R3_INSTRUCTION, "answer", "answer", _emo_r3_pieces),
 }

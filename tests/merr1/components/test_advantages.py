@@ -45,6 +45,90 @@ def test_group_normalize_rows_independent_and_population_std():
     torch.testing.assert_close(out[3], group_normalize(x[3:4], eps=0.0)[0])
 
 
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([0.1, 0.1 + 1e-9], [0.0, 0.0]),  # std 5e-10 <= 1e-6 * 0.1: tied
+        ([0.1, 0.1 + 1e-6], [-1 / 3, 1 / 3]),  # std 5e-7 > 1e-7: (x - mean) / (5e-7 + 1e-6)
+        ([0.0, 0.0], [0.0, 0.0]),  # scale 0, std 0
+        ([0.0, 1e-12], [-5e-13 / (5e-13 + 1e-6), 5e-13 / (5e-13 + 1e-6)]),  # std 5e-13 > 1e-18: kept
+    ],
+)
+def test_group_normalize_ties_relative_to_the_scale(values, expected):
+    out = group_normalize(torch.tensor([values], dtype=torch.float64))
+    torch.testing.assert_close(out, torch.tensor([expected], dtype=torch.float64), rtol=1e-9, atol=0)
+
+
+def _recall_of_masks(pred: list[list[int]], gt: list[int]) -> torch.Tensor:
+    """Recall as ``set_scores`` computes it (float32 wheel mean) for per-wheel bitmasks."""
+    from merr1.rewards.emotion_set import set_scores
+
+    pred_masks = torch.tensor(pred, dtype=torch.int64)  # [G, K]
+    gt_masks = torch.tensor([gt] * len(pred), dtype=torch.int64)
+    return set_scores(pred_masks, gt_masks)["recall"][None]  # [1, G]
+
+
+# Groups tied mathematically whose float32 rewards are not equal (issue 13). Hand sums:
+# VideoAuto-R1: 0.9 * 0.8 + 1.1 * 1 + 0 = 1.82 = 0.9 * 2/3 + 1.1 * 0.2 + 1.
+# EMO-R3: 0.8 * 1 + 0.05 * 0.5 + 0.05 * 0.5 + 0.1 = 0.95 = 0.8 * 1 + 0.05 * 1 + 0.05 * 0 + 0.1.
+# MER-R1 recall, GT per wheel {c0}, {c0,c1,c2} x 3, {c0}: hits (1, 1/3, 1/3, 1/3, 1) and
+# (0, 1, 0, 1, 1) both average 3/5; in float32 they are 0.59999996 and 0.6000000238.
+TIED_GROUPS = {
+    "videoauto_r1": (
+        [{"name": "answers", "rewards": {"early_answer": 0.9, "final_answer": 1.1, "format": 1.0}}],
+        lambda: {
+            "early_answer": torch.tensor([[0.8, 2 / 3]]),
+            "final_answer": torch.tensor([[1.0, 0.2]]),
+            "format": torch.tensor([[0.0, 1.0]]),
+        },
+    ),
+    "emo_r3": (
+        [{"name": "total", "rewards": {"f1": 0.8, "text_recheck": 0.05, "modality_recheck": 0.05, "format": 0.1}}],
+        lambda: {
+            "f1": torch.tensor([[1.0, 1.0]]),
+            "text_recheck": torch.tensor([[0.5, 1.0]]),
+            "modality_recheck": torch.tensor([[0.5, 0.0]]),
+            "format": torch.tensor([[1.0, 1.0]]),
+        },
+    ),
+    "mer_r1_recall": (
+        [{"name": "recall", "rewards": {"recall": 1.0}}, {"name": "format", "weight": 0.1, "rewards": {"format": 1.0}}],
+        lambda: {
+            "recall": _recall_of_masks(
+                [[0b1, 0b1, 0b1, 0b1, 0b1], [0b0, 0b111, 0b0, 0b111, 0b1]] * 2, [0b1, 0b111, 0b111, 0b111, 0b1]
+            ),
+            "format": torch.ones(1, 4),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIED_GROUPS))
+def test_groups_tied_up_to_float_rounding_get_exactly_zero(name):
+    groups, make = TIED_GROUPS[name]
+    rewards = make()
+    weights = groups[0]["rewards"]
+    float32_sum = sum(w * rewards[r] for r, w in weights.items())  # what the old float32 path normalized
+    assert float32_sum.amax() != float32_sum.amin()  # the case is a real rounding tie, not an exact one
+    advantages, stats = AdvantageGroups(groups)(rewards)
+    assert torch.equal(advantages, torch.zeros_like(advantages))
+    assert stats[f"adv/{groups[0]['name']}/zero_std_frac"] == 1.0
+    assert stats["adv/zero_std_frac"] == 1.0
+
+
+def test_a_real_small_difference_is_not_a_tie():
+    # final rewards 1 and 1 - 1e-3 / 1.1: sums 1.82 and 1.819, std 5e-4 >> 1e-6 * 1.82
+    rewards = {
+        "early_answer": torch.tensor([[0.8, 0.8]]),
+        "final_answer": torch.tensor([[1.0, 1.0 - 1e-3 / 1.1]]),
+        "format": torch.tensor([[0.0, 0.0]]),
+    }
+    groups = TIED_GROUPS["videoauto_r1"][0]
+    advantages, _ = AdvantageGroups(groups)(rewards)
+    expected = 5e-4 / (5e-4 + 1e-6)
+    torch.testing.assert_close(advantages, torch.tensor([[expected, -expected]]), rtol=1e-4, atol=0)
+
+
 def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))

@@ -78,6 +78,82 @@ def test_spellings_differ_and_are_cached(table):
     assert membership.dtype == torch.bool and membership.shape == (ids.numel(), 31)
 
 
+@pytest.fixture(scope="module")
+def per_word_table(tok):
+    return CategoryFirstTokens(tok, first_token_mass="per_word")
+
+
+@pytest.mark.parametrize("glue", ["", " "])
+def test_word_counts_match_direct_encoding(tok, per_word_table, glue):
+    # per_word (Eq. 1 literally): the count of c's words whose first token (with the glue) is u
+    wheels = EmotionWheels.load()
+    spelling = per_word_table.spelling_index(glue)
+    token_bytes = token_bytes_table(tok)
+    token_ids, counts = per_word_table.word_counts(spelling)
+    column = {t: u for u, t in enumerate(token_ids.tolist())}
+    num_shared = 0
+    for k in range(5):
+        for name, words in wheels.category_words(k).items():
+            expected: dict[int, int] = {}
+            for w in words:
+                first = enc(tok, glue + w)[0]
+                if len(token_bytes([first])[0]) > len(glue):
+                    expected[first] = expected.get(first, 0) + 1
+            c = per_word_table.flat_index(k, name)
+            got = {t: int(counts[column[t], c]) for t in token_ids.tolist() if counts[column[t], c] > 0}
+            assert got == expected, (k, name)
+            num_shared += sum(n > 1 for n in expected.values())
+    assert num_shared > 0  # some first token starts several words of one category
+    # the sets themselves do not depend on the reading
+    assert per_word_table.token_set(spelling, 0) == CategoryFirstTokens(tok).token_set(spelling, 0)
+
+
+def test_uniform_logits_per_word_count_words(per_word_table, table):
+    # uniform p = 1/V: per_word conf = log(#words of c with a first token / V); distinct: #tokens
+    vocab = 512
+    spelling = torch.tensor([0, 1])
+    per_word = category_log_confidence(torch.zeros(2, vocab), spelling, per_word_table)
+    distinct = category_log_confidence(torch.zeros(2, vocab), spelling, per_word_table, first_token_mass="distinct_tokens")
+    torch.testing.assert_close(distinct, category_log_confidence(torch.zeros(2, vocab), spelling, table))
+    for s in (0, 1):
+        _, counts = per_word_table.word_counts(s)
+        for c in range(31):
+            assert per_word[s, c].item() == pytest.approx(math.log(int(counts[:, c].sum()) / vocab), abs=1e-5)
+
+
+def test_patched_logits_per_word(per_word_table):
+    # A first token t shared by m >= 2 words of c gets logit log 3: p(t) = 3 / (V + 2), others 1 / (V + 2).
+    # per_word: (N_c - m + 3 m) / (V + 2) with N_c the words of c; distinct: (n_c + 2) / (V + 2).
+    vocab = 512
+    token_ids, counts = per_word_table.word_counts(0)
+    u, c = next((u, c) for u in range(len(token_ids)) for c in range(31) if counts[u, c] >= 2)
+    m, words_c, tokens_c = int(counts[u, c]), int(counts[:, c].sum()), int((counts[:, c] > 0).sum())
+    logits = torch.zeros(1, vocab)
+    logits[0, token_ids[u]] = math.log(3.0)
+    per_word = category_log_confidence(logits, torch.tensor([0]), per_word_table)
+    distinct = category_log_confidence(logits, torch.tensor([0]), per_word_table, first_token_mass="distinct_tokens")
+    assert per_word[0, c].item() == pytest.approx(math.log((words_c + 2 * m) / (vocab + 2)), abs=1e-5)
+    assert distinct[0, c].item() == pytest.approx(math.log((tokens_c + 2) / (vocab + 2)), abs=1e-5)
+
+
+def test_first_token_mass_in_the_component_and_a1_unaffected(tok):
+    per_word = SlowFastCalibration(fast_prefix=PREFIX, first_token_mass="per_word")
+    per_word.setup(tok)
+    assert per_word.table.first_token_mass == "per_word"
+    with pytest.raises(ValueError, match="first_token_mass"):
+        SlowFastCalibration(first_token_mass="per_token")
+    with pytest.raises(ValueError, match="first_token_mass"):
+        CategoryFirstTokens(tok, first_token_mass="words")
+    # A1 (word confidence) reads the word's own token: the same gaps under both readings
+    g = torch.Generator().manual_seed(0)
+    slow, fast = torch.randn(1, 512, generator=g), torch.randn(1, 512, generator=g)
+    distinct_table = CategoryFirstTokens(tok)
+    token = sorted(distinct_table.token_set(0, distinct_table.flat_index(0, "happy")))[0]
+    words = _one_word(distinct_table, "happy", spelling=0, token=token)
+    a1 = [slow_fast_gap(slow, fast, words, t, confidence="word") for t in (distinct_table, per_word.table)]
+    assert torch.equal(a1[0], a1[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Confidence math on patched logits (hand-computable)
 

@@ -133,6 +133,17 @@ def test_parse_emotion_list_matches_official_rule_on_random_strings():
         ("\\boxed{happy", "boxed_first", "full", "\\boxed{happy"),
         ("<answer>happy</answer>", "boxed", "none", None),
         ("<think>x</think>\\boxed{ calm }", "boxed_first", "none", "calm"),
+        # VideoAuto-R1's official segments: exactly one box (one nesting level) per segment
+        ("\\boxed{ happy }<think>x \\boxed{y}</think>\\boxed{sad}", "videoauto_a1", "none", "happy"),
+        ("\\boxed{ happy }<think>x \\boxed{y}</think>\\boxed{sad}", "videoauto_a2", "none", "sad"),
+        ("\\boxed{happy}<think>x</think>\\boxed{sad}\\boxed{calm}", "videoauto_a2", "none", None),
+        ("\\boxed{happy}<think>x</think>\\boxed{sad}\\boxed{calm}", "boxed", "none", "calm"),
+        ("\\boxed{a{b{c}}}<think>x</think>\\boxed{d}", "videoauto_a1", "none", None),
+        ("\\boxed{a{b{c}}}<think>x</think>\\boxed{d}", "boxed_first", "none", "a{b{c}}"),
+        ("\\boxed{happy}", "videoauto_a2", "none", "happy"),  # no tags: the whole response
+        ("\\boxed{happy}<think>x", "videoauto_a1", "none", "happy"),  # a fast response that went on
+        ("\\boxed{happy}<think>x", "videoauto_a2", "none", "happy"),  # no </think>: the whole response
+        ("<think>x</think>", "videoauto_a2", "full", ""),
     ],
 )
 def test_extract_answer(response, scheme, fallback, expected):

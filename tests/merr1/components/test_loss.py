@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from merr1.components.loss import GRPOLoss, grpo_loss, k3_kl
+from merr1.components.loss import GRPOLoss, grpo_loss, k3_kl, local_normalizer
 
 # One sequence, two tokens with importance ratios 1.5 and 0.5 (logp - old_logp = log r).
 RATIOS = torch.tensor([[1.5, 0.5]])
@@ -188,3 +188,132 @@ def test_cross_entropy_sum_hand_values_and_chunking():
     assert cross_entropy_sum(logits[:0], targets[:0]).item() == 0.0
     with pytest.raises(ValueError, match="targets"):
         cross_entropy_sum(logits, targets[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence-level importance ratio (GSPO, arXiv 2507.18071): s = exp(mean_t (logp - old_logp)).
+
+
+@pytest.mark.parametrize(
+    "ratios, advantage, loss, grad, frac_low, frac_high",
+    [
+        # s = sqrt(1.5 * 0.5) = sqrt(0.75), inside [0.8, 1.2]: loss -s A; d/dlogp_t = -A s / 2
+        ([1.5, 0.5], 1.0, -math.sqrt(0.75), -math.sqrt(0.75) / 2, 0.0, 0.0),
+        ([1.5, 0.5], -1.0, math.sqrt(0.75), math.sqrt(0.75) / 2, 0.0, 0.0),
+        # s = 2 > 1.2 with A > 0: clipped to 1.2, no gradient
+        ([2.0, 2.0], 1.0, -1.2, 0.0, 0.0, 1.0),
+        # s = 2 with A < 0: min(-2, -1.2) = -2 unclipped; d/dlogp_t = -A s / 2 = 1
+        ([2.0, 2.0], -1.0, 2.0, 1.0, 0.0, 0.0),
+        # s = 0.5 < 0.8 with A < 0: min(-0.5, -0.8) = -0.8, no gradient
+        ([0.5, 0.5], -1.0, 0.8, 0.0, 1.0, 0.0),
+        # s = 0.5 with A > 0: min(0.5, 0.8) = 0.5 unclipped; d/dlogp_t = -s / 2
+        ([0.5, 0.5], 1.0, -0.5, -0.25, 0.0, 0.0),
+    ],
+)
+def test_sequence_ratio_table(ratios, advantage, loss, grad, frac_low, frac_high):
+    # a third, masked position with a huge log-ratio must not enter s
+    logprobs = torch.log(torch.tensor([ratios + [100.0]])).requires_grad_()
+    mask = torch.tensor([[True, True, False]])
+    out, stats = grpo_loss(logprobs, torch.tensor([advantage]), mask, torch.zeros(1, 3), importance_ratio="sequence")
+    assert out.item() == pytest.approx(loss, abs=1e-6)
+    out.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[grad, grad, 0.0]]), rtol=1e-6, atol=1e-7)
+    s = math.sqrt(ratios[0] * ratios[1])
+    assert stats["ratio_mean"].item() == pytest.approx(s)
+    assert (stats["ratio_min"].item(), stats["ratio_max"].item()) == pytest.approx((s, s))
+    assert (stats["clip_frac_low"].item(), stats["clip_frac_high"].item()) == (frac_low, frac_high)
+
+
+def test_sequence_ratio_weighs_sequences_by_aggregation():
+    # seq 0: 1 token, log-ratio log 1.1 -> s0 = 1.1, A = 1 -> loss -1.1 per token;
+    # seq 1: 2 tokens, log-ratios log 2 and log 0.5 -> s1 = 1, A = -1 -> loss 1 per token.
+    logprobs = torch.log(torch.tensor([[1.1, 1.0], [2.0, 0.5]]))
+    mask = torch.tensor([[True, False], [True, True]])
+    adv = torch.tensor([1.0, -1.0])
+    expected = {"grpo": (-1.1 + 1.0) / 2, "dapo": (-1.1 + 2.0) / 3, "dr_grpo": (-1.1 + 2.0) / (2 * 4)}
+    for aggregation, value in expected.items():
+        loss, _ = grpo_loss(logprobs, adv, mask, torch.zeros(2, 2), importance_ratio="sequence",
+                            aggregation=aggregation, max_len=4)  # fmt: skip
+        assert loss.item() == pytest.approx(value, abs=1e-6), aggregation
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
+def test_on_policy_sequence_and_token_ratios_agree(aggregation):
+    # Ratios 1: d r_t = d logp_t and d s_i = mean_t d logp_t, spread over the n_i tokens that each
+    # hold s_i: the same loss and gradient for every aggregation.
+    g = torch.Generator().manual_seed(0)
+    logprobs = torch.randn(4, 6, generator=g).requires_grad_()
+    mask = torch.rand(4, 6, generator=g) > 0.3
+    mask[:, 0] = True
+    adv = torch.randn(4, generator=g)
+    kwargs = dict(aggregation=aggregation, max_len=6)
+    token, _ = grpo_loss(logprobs, adv, mask, **kwargs)
+    sequence, _ = grpo_loss(logprobs, adv, mask, importance_ratio="sequence", **kwargs)
+    (grad_token,) = torch.autograd.grad(token, logprobs)
+    (grad_sequence,) = torch.autograd.grad(sequence, logprobs)
+    assert token.item() == pytest.approx(sequence.item(), abs=1e-6)
+    torch.testing.assert_close(grad_token, grad_sequence)
+
+
+def test_sequence_ratio_needs_sequence_advantages():
+    with pytest.raises(ValueError, match="one advantage per sequence"):
+        grpo_loss(torch.zeros(1, 2), torch.ones(1, 2), MASK, importance_ratio="sequence")
+    with pytest.raises(ValueError, match="importance_ratio"):
+        GRPOLoss(importance_ratio="tokens")
+
+
+# ---------------------------------------------------------------------------------------------
+# All-masked sequences: 0 in every numerator; counted in the grpo / dr_grpo denominators (TRL).
+
+# seq 0: 1 token, A = 2 (loss -2); seq 1: 3 tokens, A = -1 (loss 1 each); seq 2: no token, A = 5.
+ALL_MASKED_MASK = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+ALL_MASKED_ADV = torch.tensor([2.0, -1.0, 5.0])
+
+
+@pytest.mark.parametrize("importance_ratio", ["token", "sequence"])
+@pytest.mark.parametrize(
+    "aggregation, expected, count",
+    [
+        ("grpo", (-2.0 + 1.0 + 0.0) / 3, 3.0),  # TRL: mean over the 3 rows of the per-row token means
+        ("dapo", (-2.0 + 3.0) / 4, 4.0),  # 4 tokens; the empty row adds none
+        ("dr_grpo", (-2.0 + 3.0) / (3 * 5), 3.0),  # TRL: rows * max_completion_length
+    ],
+)
+def test_all_masked_sequence_convention(aggregation, expected, count, importance_ratio):
+    logprobs = torch.zeros(3, 3, requires_grad=True)
+    loss, _ = grpo_loss(logprobs, ALL_MASKED_ADV, ALL_MASKED_MASK, aggregation=aggregation, max_len=5,
+                        importance_ratio=importance_ratio)  # fmt: skip
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert torch.equal(logprobs.grad[2], torch.zeros(3))
+    assert local_normalizer(ALL_MASKED_MASK, aggregation) == count
+    assert GRPOLoss(aggregation=aggregation, max_len=5).local_normalizer(ALL_MASKED_MASK) == count
+    # the same loss split over two "ranks" with the summed local counts as normalizer
+    total = count
+    parts = [
+        grpo_loss(logprobs[rows], ALL_MASKED_ADV[rows], ALL_MASKED_MASK[rows], aggregation=aggregation, max_len=5,
+                  importance_ratio=importance_ratio, normalizer=total)[0]
+        for rows in (slice(0, 1), slice(1, 3))
+    ]  # fmt: skip
+    assert (parts[0] + parts[1]).item() == pytest.approx(expected)
+
+
+def test_grpo_matches_trl_formula_with_an_all_masked_row():
+    # TRL's "grpo": ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    g = torch.Generator().manual_seed(1)
+    logprobs, old = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    mask = torch.rand(4, 5, generator=g) > 0.4
+    mask[2] = False
+    adv = torch.randn(4, generator=g)
+    ratio = torch.exp(logprobs - old)
+    per_token = -torch.minimum(ratio * adv[:, None], ratio.clamp(0.8, 1.2) * adv[:, None])
+    trl = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    ours, _ = grpo_loss(logprobs, adv, mask, old)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-6)
+
+
+def test_local_normalizer_rejects_bad_input():
+    with pytest.raises(ValueError, match="aggregation"):
+        local_normalizer(MASK, "mean")
+    with pytest.raises(ValueError, match="mask"):
+        local_normalizer(torch.ones(3, dtype=torch.bool), "grpo")
