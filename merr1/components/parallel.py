@@ -1,5 +1,6 @@
 """Training-time model transforms (float8, activation checkpointing, torch.compile, FSDP2) and the
-FSDP2 parameter gathering of a rollout phase (``gathered_parameters``).
+FSDP2 parameter gathering of a rollout phase (``gathered_parameters``; ``call_when_resharded``
+and ``fsdp_forward_hooks_idle`` serve CUDA-graph decoding inside such a phase).
 
 Apply them in this order (each one is optional), on the meta skeleton or a real model:
 
