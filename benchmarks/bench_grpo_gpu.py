@@ -390,6 +390,7 @@ class Result:
     generated_tokens_per_s: float
     peak_memory_gb: float
     step_times_s: list[float] = field(default_factory=list)
+    step_log: list[dict[str, Any]] = field(default_factory=list)  # every step, warm-up included
     rewards: dict[str, float] = field(default_factory=dict)  # mean over the measured steps
 
 
@@ -411,6 +412,7 @@ def run(args: argparse.Namespace) -> Result:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         steps: list[dict[str, float]] = []
+        step_log: list[dict[str, Any]] = []  # every step, warm-up included
         prompt_tokens = []
         for step in range(args.warmup + args.steps):
             _synchronize(device)
@@ -426,6 +428,11 @@ def run(args: argparse.Namespace) -> Result:
             prompt_tokens.append(float(batch["prompt_mask"].sum(-1).float().mean()))
             if step >= args.warmup:
                 steps.append(metrics)
+            step_log.append({"step": step + 1, "warmup": step < args.warmup, "wall": metrics["wall"],
+                             **{name: metrics[f"time/{name}"] for name in STEP_TIMES}})  # fmt: skip
+            if args.json is not None:  # per step: a run stopped by a time limit keeps what finished
+                record = {"partial": True, "rollouts_per_step": args.prompts_per_step * args.num_generations}
+                args.json.write_text(json.dumps({**record, "step_log": step_log}, indent=2) + "\n")
         recipe.cleanup()
     rollouts = args.prompts_per_step * args.num_generations
     step_s = statistics.median(m["wall"] for m in steps)
@@ -439,6 +446,7 @@ def run(args: argparse.Namespace) -> Result:
         generated_tokens_per_s=statistics.median(m["rollout_tokens_per_second"] for m in steps),
         peak_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan"),
         step_times_s=[m["wall"] for m in steps],
+        step_log=step_log,
         rewards={name: statistics.mean(m[f"reward/{name}/mean"] for m in steps) for name in LOGGED_REWARDS},
     )
 
