@@ -465,7 +465,7 @@ def generate(
             )
             cache = hidden.past_key_values
             logits = model.lm_head(hidden.last_hidden_state[:, -1]).float()  # [B, V]
-            # 2. Replicate the prefix state G times: row b * G + g.
+            # 2. Replicate the prefix state G times: row b * G + g (the KV cache: step 3).
             position = lengths
             if mrope:
                 position = position + backbone.rope_deltas.view(-1).to(device)

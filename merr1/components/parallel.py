@@ -309,9 +309,17 @@ def _reshard_settings(fsdp_modules: list[nn.Module]) -> list[tuple[object, bool,
     saved = []
     for m in fsdp_modules:
         state = m._get_fsdp_state()
-        groups = [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups]
+        groups = [(g, g.post_forward_mesh_info) for g in _param_groups(state)]
         saved.append((state, state._auto_reshard_after_forward, groups))
     return saved
+
+
+def _param_groups(state) -> list:
+    """An FSDP state's parameter groups: ``_fsdp_param_groups`` (torch 2.13) or the single
+    ``_fsdp_param_group`` (torch 2.11, the GPU machine's image; None for a unit without parameters)."""
+    if hasattr(state, "_fsdp_param_groups"):
+        return list(state._fsdp_param_groups)
+    return [state._fsdp_param_group] if state._fsdp_param_group is not None else []
 
 
 def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
@@ -321,7 +329,7 @@ def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
     decoding steps' records make the next training backward all-gather one module too many.
     """
     for m in fsdp_modules:
-        for group in m._get_fsdp_state()._fsdp_param_groups:
+        for group in _param_groups(m._get_fsdp_state()):
             group._post_forward_indices.clear()
             group.comm_ctx.post_forward_order.clear()
 

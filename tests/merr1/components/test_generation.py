@@ -573,13 +573,16 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             fully_shard(m, mesh=mesh)
 
         num_all_gathers = [0]
-        original = dist.all_gather_single
+        # FSDP2's all-gather: dist.all_gather_single from torch 2.13, all_gather_into_tensor before
+        # (torch 2.11 on the GPU machine).
+        collective = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+        original = getattr(dist, collective)
 
         def counting_all_gather(*args, **kwargs):
             num_all_gathers[0] += 1
             return original(*args, **kwargs)
 
-        dist.all_gather_single = counting_all_gather
+        setattr(dist, collective, counting_all_gather)
         counts = {}
         for max_new_tokens in (1, 6):
             start = num_all_gathers[0]
@@ -622,7 +625,7 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             out.loss.backward()
             losses.append(out.loss)
             train_all_gathers.append(num_all_gathers[0] - start)
-        dist.all_gather_single = original
+        setattr(dist, collective, original)
         assert train_all_gathers[0] == train_all_gathers[1] > 5, train_all_gathers
         torch.testing.assert_close(losses[0], losses[2], atol=1e-5, rtol=1e-5)
         reference_grads = dict(reference.named_parameters())
