@@ -11,8 +11,8 @@
 #
 # It installs .whl/*.whl with --no-deps into /tmp/merr1_site (put first on PYTHONPATH; the image's
 # torch is never replaced) and says what it installed. Time limits (seconds; override by
-# environment): LIMIT_INSTALL 30, LIMIT_IMPORTS 40, LIMIT_TESTS 70, LIMIT_DECODE 95, LIMIT_GRPO 120,
-# LIMIT_TRAIN 125: 480 s (8 minutes) at most, plus a second for the summary; install and imports
+# environment): LIMIT_INSTALL 30, LIMIT_IMPORTS 40, LIMIT_TESTS 90, LIMIT_DECODE 95, LIMIT_GRPO 120,
+# LIMIT_TRAIN 105: 480 s (8 minutes) at most, plus a second for the summary; install and imports
 # usually take ~15 s of their 70. A part that hits its limit is stopped; what it measured by then
 # (its JSON is written row by row / step by step) still goes into the table.
 set -uo pipefail
@@ -24,8 +24,8 @@ LOG=$OUT_DIR/gpu_check.log
 SITE=/tmp/merr1_site
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-: "${LIMIT_INSTALL:=30}" "${LIMIT_IMPORTS:=40}" "${LIMIT_TESTS:=70}" "${LIMIT_DECODE:=95}" "${LIMIT_GRPO:=120}"
-: "${LIMIT_TRAIN:=125}"
+: "${LIMIT_INSTALL:=30}" "${LIMIT_IMPORTS:=40}" "${LIMIT_TESTS:=90}" "${LIMIT_DECODE:=95}" "${LIMIT_GRPO:=120}"
+: "${LIMIT_TRAIN:=105}"
 START=$(date +%s)
 exec > >(tee -a "$LOG") 2>&1
 
