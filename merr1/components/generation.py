@@ -831,7 +831,9 @@ def _eager_step(model, backbone, cache, position, prompt_mask, max_new_tokens: i
     return step
 
 
-def _decode(step_fn, logits: torch.Tensor, config: SamplingConfig, generator: Generators, sync_after_launch: bool) -> Rollouts:
+def _decode(
+    step_fn, logits: torch.Tensor, config: SamplingConfig, generator: Generators, sync_after_launch: bool
+) -> Rollouts:
     """The sampling loop: sample, check stops, feed the sampled tokens to ``step_fn``.
 
     Args:
@@ -1042,7 +1044,8 @@ def rollout_batches(num_prompts: int, rollout_batch_size: int) -> list[slice]:
     """
     if rollout_batch_size < 1:
         raise ValueError(f"rollout_batch_size must be >= 1, got {rollout_batch_size}")
-    return [slice(start, min(start + rollout_batch_size, num_prompts)) for start in range(0, num_prompts, rollout_batch_size)]
+    starts = range(0, num_prompts, rollout_batch_size)
+    return [slice(start, min(start + rollout_batch_size, num_prompts)) for start in starts]
 
 
 def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:

@@ -788,7 +788,9 @@ def test_static_decoding_buckets_grow_and_are_reused(monkeypatch, qwen2):
     assert not decoders()
 
 
-@pytest.mark.parametrize("num_rows, bucket", [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (16, 16), (17, 24), (64, 64), (65, 72)])
+@pytest.mark.parametrize(
+    "num_rows, bucket", [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (16, 16), (17, 24), (64, 64), (65, 72)]
+)
 def test_bucket_rows(num_rows, bucket):
     from merr1.components.generation import bucket_rows
 
@@ -960,15 +962,19 @@ def test_cuda_graphs_are_reused_and_recaptured_when_parameters_move(monkeypatch,
     monkeypatch.setattr(generation, "ATTEND_MULTIPLE", 8)  # several graphs per decode
     model = copy.deepcopy(qwen2).cuda()
     ids, mask, _ = _to_cuda(*text_batch(), None)
-    expected = _rollouts_per_row(model, ids, mask, None, 2, "eager", max_new_tokens=20, temperature=1.0)
-    _assert_same_rollouts(_rollouts_per_row(model, ids, mask, None, 2, "cuda_graph", max_new_tokens=20, temperature=1.0), expected, "first")
+
+    def rollouts(backend):
+        return _rollouts_per_row(model, ids, mask, None, 2, backend, max_new_tokens=20, temperature=1.0)
+
+    expected = rollouts("eager")
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "first")
     decoder = generation._DECODERS[model][8]
     captured = dict(decoder.graphs)
     assert sorted(captured) == [8, 16, 24, 32]  # prompt 7 + 19 fed tokens
-    _assert_same_rollouts(_rollouts_per_row(model, ids, mask, None, 2, "cuda_graph", max_new_tokens=20, temperature=1.0), expected, "replayed")
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "replayed")
     assert all(decoder.graphs[k][0] is captured[k][0] for k in captured)  # replayed, not re-captured
     model.cpu().cuda()  # new parameter addresses: the graphs are stale
-    _assert_same_rollouts(_rollouts_per_row(model, ids, mask, None, 2, "cuda_graph", max_new_tokens=20, temperature=1.0), expected, "moved")
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "moved")
     assert all(decoder.graphs[k][0] is not captured[k][0] for k in captured)
 
 
