@@ -67,8 +67,10 @@ def left_pad(rows):
     return ids, mask
 
 
-def run_merr1(model, ids, mask, media, num_samples, new_tokens, greedy):
-    config = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0 if greedy else 1.0)
+def run_merr1(model, ids, mask, media, num_samples, new_tokens, greedy, decode_backend="eager"):
+    config = SamplingConfig(
+        max_new_tokens=new_tokens, temperature=0.0 if greedy else 1.0, decode_backend=decode_backend
+    )
     gen = torch.Generator().manual_seed(0)
     out = generate(model, ids, mask, config, num_samples=num_samples, media=media, generator=gen)
     assert out.response_ids.shape == (len(ids) * num_samples, new_tokens)
@@ -101,6 +103,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="2 repeats, 8 new tokens")
+    parser.add_argument(
+        "--decode-backend", default="eager", choices=("eager", "static"),
+        help="merr1's decode step on CPU: eager (default, fastest on CPU) or static (the CUDA-graph code, eagerly)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.new_tokens = 2, 8
@@ -109,7 +115,8 @@ def main() -> None:
     # (mode, prompts B, samples G)
     settings = [("greedy", 8, 1), ("sample T=1", 2, 8), ("sample T=1", 8, 4)]
     print(
-        f"new tokens per row: {args.new_tokens}; median of {args.repeats} (CPU time); "
+        f"new tokens per row: {args.new_tokens}; merr1 decode backend {args.decode_backend}; "
+        f"median of {args.repeats} (CPU time); "
         f"torch {torch.__version__}, 1 thread"
     )
     header = "| model | mode | B x G | prompt len | merr1 tok/s | transformers tok/s | speed-up |"
@@ -120,7 +127,9 @@ def main() -> None:
             ids, mask, media = thinker_prompts(model, num_prompts) if "Thinker" in name else text_prompts(num_prompts)
             greedy = mode == "greedy"
             call = (model, ids, mask, media, num_samples, args.new_tokens, greedy)
-            ours, theirs = median_seconds([lambda: run_merr1(*call), lambda: run_hf(*call)], args.repeats)
+            ours, theirs = median_seconds(
+                [lambda: run_merr1(*call, args.decode_backend), lambda: run_hf(*call)], args.repeats
+            )
             num_tokens = num_prompts * num_samples * args.new_tokens
             print(
                 f"| {name} | {mode} | {num_prompts} x {num_samples} | {ids.shape[1]} | {num_tokens / ours:,.0f} | "

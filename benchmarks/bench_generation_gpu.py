@@ -12,14 +12,22 @@ Roofline: a decode step must read every LLM weight once (lm_head included, the e
 not) plus each row's KV cache, so steps/s <= HBM bandwidth / (weight bytes + KV bytes), with the
 KV length averaged over the decode. The achieved fraction is measured / roofline.
 Bandwidth: H100 SXM 3.35 TB/s, H100 PCIe 2.0 TB/s, H200 4.8 TB/s (``--bandwidth`` overrides).
+Target (issue 17): CUDA graphs >= 50% of the roofline at 64 rows.
+
+Backends: merr1's ``decode_backend`` values (``eager``: one transformers forward per token;
+``static``: the static-cache step run eagerly; ``cuda_graph``: that step replayed as CUDA graphs)
+and ``transformers`` (``model.generate``). merr1 samples with one generator per row (as the GRPO
+recipe does); every backend samples at temperature 1 from the full distribution.
 
     python benchmarks/bench_generation_gpu.py                  # GPU, batches 8/32/64
-    python benchmarks/bench_generation_gpu.py --tiny           # CPU smoke test of the code path
+    python benchmarks/bench_generation_gpu.py --backends cuda_graph --batches 64
+    python benchmarks/bench_generation_gpu.py --tiny           # CPU smoke test (eager, static)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -29,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from merr1.components.generation import SamplingConfig, generate  # noqa: E402
+from merr1.components.generation import SamplingConfig, generate, release_decode_graphs  # noqa: E402
 from merr1.components.models import THINKER_TEXT_SHAPES, tiny_thinker_config  # noqa: E402
 
 # The LLM shapes: the real 7B Thinker text model (tied embeddings are irrelevant to decode speed)
@@ -37,6 +45,8 @@ from merr1.components.models import THINKER_TEXT_SHAPES, tiny_thinker_config  # 
 TEXT_7B = {k: v for k, v in THINKER_TEXT_SHAPES["7B"].items() if k != "tie_word_embeddings"}
 TEXT_TINY: dict = {}
 BANDWIDTH_TBPS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35}
+# merr1's decode backends, then transformers' own generate.
+BACKENDS = ("eager", "static", "cuda_graph", "transformers")
 
 
 def build_thinker(text_shape: dict, device: torch.device, dtype: torch.dtype):
@@ -88,8 +98,12 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def decode_tokens_per_s(model, rows: int, samples: int, prompt_len: int, new_tokens: int, repeats: int, use_hf: bool):
-    """Median decode tokens/s over ``repeats`` (prefill and first token excluded)."""
+def decode_tokens_per_s(model, rows: int, samples: int, prompt_len: int, new_tokens: int, repeats: int, backend: str):
+    """Median decode tokens/s over ``repeats`` (prefill and first token excluded).
+
+    ``backend``: a merr1 ``decode_backend`` (per-row generators, as the GRPO recipe samples) or
+    ``"transformers"`` (``model.generate``, which prefills each of the G copies).
+    """
     device = model.lm_head.weight.device
     num_prompts = rows // samples
     gen = torch.Generator(device=device).manual_seed(0)
@@ -98,17 +112,18 @@ def decode_tokens_per_s(model, rows: int, samples: int, prompt_len: int, new_tok
     mask = torch.ones_like(ids)
 
     def run(n: int) -> None:
-        if use_hf:
+        if backend == "transformers":
             model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=True, temperature=1.0, top_k=0,
                 top_p=1.0, num_return_sequences=samples, eos_token_id=None, pad_token_id=0,
             )
         else:
-            config = SamplingConfig(max_new_tokens=n, temperature=1.0)
-            out = generate(model, ids, mask, config, num_samples=samples, generator=gen)
+            config = SamplingConfig(max_new_tokens=n, temperature=1.0, decode_backend=backend)
+            generators = [torch.Generator(device=device).manual_seed(r) for r in range(rows)]
+            out = generate(model, ids, mask, config, num_samples=samples, generator=generators)
             assert out.response_ids.shape == (rows, n)
 
-    run(2)  # warm-up
+    run(new_tokens)  # warm-up: every CUDA graph of this shape is captured here
     rates = []
     for _ in range(repeats):
         first = timed(lambda: run(1), device)
@@ -117,7 +132,35 @@ def decode_tokens_per_s(model, rows: int, samples: int, prompt_len: int, new_tok
     return statistics.median(rates)
 
 
-def main() -> None:
+def roofline_tokens_per_s(rows: int, weights: int, per_token_kv: int, prompt_len: int, new_tokens: int,
+                          bandwidth: float | None) -> float | None:  # fmt: skip
+    """HBM roofline of decode tokens/s: every step reads the weights and each row's KV cache
+    (mean context prompt + new/2)."""
+    if bandwidth is None:
+        return None
+    step_bytes = weights + rows * (prompt_len + new_tokens / 2) * per_token_kv
+    return rows * bandwidth / step_bytes
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown table; speed-up relative to merr1's eager backend at the same rows."""
+    eager = {r["rows"]: r["tokens_per_s"] for r in results if r["backend"] == "eager" and r["status"] == "ok"}
+    lines = [
+        "| rows (B x G) | backend | decode tok/s | % of HBM roofline | vs eager | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rate, roofline = r["tokens_per_s"], r["roofline_tokens_per_s"]
+        fraction = f"{100 * rate / roofline:.0f}%" if roofline and r["status"] == "ok" else "n/a"
+        speedup = f"{rate / eager[r['rows']]:.2f}x" if r["rows"] in eager and r["status"] == "ok" else "n/a"
+        lines.append(
+            f"| {r['rows']} ({r['rows'] // r['samples']} x {r['samples']}) | {r['backend']} | {rate:,.0f} | "
+            f"{fraction} | {speedup} | {r['status']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny LLM shape on CPU (smoke test)")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64], help="rows = prompts x samples")
@@ -125,13 +168,31 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--backends", default=None,
+        help=f"comma-separated subset of {BACKENDS} (default: eager,cuda_graph,transformers; --tiny: eager,static)",
+    )  # fmt: skip
     parser.add_argument("--bandwidth", type=float, default=None, help="HBM bandwidth in TB/s (default: by GPU name)")
-    parser.add_argument("--no-hf", action="store_true", help="skip the transformers generate comparison")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here (after every row)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.batches, args.prompt_len, args.new_tokens, args.repeats = [2, 4], 16, 8, 1
+    if args.backends is None:
+        args.backends = "eager,static" if args.tiny else "eager,cuda_graph,transformers"
+    args.backends = args.backends.split(",")
+    unknown = set(args.backends) - set(BACKENDS)
+    if unknown:
+        parser.error(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
+    for rows in args.batches:
+        if rows % min(args.samples, rows):
+            parser.error(f"batch {rows} is not a multiple of {min(args.samples, rows)} samples per prompt")
+    return args
 
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
     if args.tiny:
         device, dtype, shape = torch.device("cpu"), torch.float32, TEXT_TINY
-        args.batches, args.prompt_len, args.new_tokens, args.repeats = [2, 4], 16, 8, 1
         torch.set_num_threads(1)
     else:
         if not torch.cuda.is_available():
@@ -142,28 +203,34 @@ def main() -> None:
     weights = llm_weight_bytes(model)
     per_token_kv = kv_bytes_per_token(model)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(
-        f"device {name}; torch {torch.__version__}; LLM weights read per step {weights / 1e9:.2f} GB; "
-        f"KV {per_token_kv / 1e3:.1f} kB/token; prompt {args.prompt_len}, new tokens {args.new_tokens}"
+    header = (
+        f"decode, Thinker {'tiny' if args.tiny else '7B'} LLM (random weights) on {name}; torch {torch.__version__}; "
+        f"weights read per step {weights / 1e9:.2f} GB; KV {per_token_kv / 1e3:.1f} kB/token; prompt "
+        f"{args.prompt_len}, new tokens {args.new_tokens}; HBM {bandwidth / 1e12 if bandwidth else float('nan'):.2f} TB/s; "
+        f"median of {args.repeats}"
     )
-    print("| rows (B x G) | merr1 decode tok/s | roofline tok/s | fraction | transformers tok/s |")
-    print("|---|---|---|---|---|")
+    print(header, flush=True)
+    results = []
     for rows in args.batches:
         samples = min(args.samples, rows)
-        if rows % samples:
-            raise ValueError(f"batch {rows} is not a multiple of {samples} samples per prompt")
-        shape_args = (model, rows, samples, args.prompt_len, args.new_tokens, args.repeats)
-        ours = decode_tokens_per_s(*shape_args, use_hf=False)
-        theirs = "-" if args.no_hf else f"{decode_tokens_per_s(*shape_args, use_hf=True):,.0f}"
-        if bandwidth is None:
-            roofline, fraction = "n/a", "n/a"
-        else:
-            mean_context = args.prompt_len + args.new_tokens / 2
-            step_bytes = weights + rows * mean_context * per_token_kv
-            roofline_rate = rows * bandwidth / step_bytes
-            roofline, fraction = f"{roofline_rate:,.0f}", f"{ours / roofline_rate:.0%}"
-        row = f"| {rows} ({rows // samples} x {samples}) | {ours:,.0f} | {roofline} | {fraction} | {theirs} |"
-        print(row, flush=True)
+        for backend in args.backends:
+            record = dict(rows=rows, samples=samples, backend=backend, status="ok", tokens_per_s=float("nan"),
+                          roofline_tokens_per_s=roofline_tokens_per_s(rows, weights, per_token_kv, args.prompt_len,
+                                                                      args.new_tokens, bandwidth))  # fmt: skip
+            try:
+                record["tokens_per_s"] = decode_tokens_per_s(
+                    model, rows, samples, args.prompt_len, args.new_tokens, args.repeats, backend
+                )
+            except (torch.OutOfMemoryError, RuntimeError, ValueError) as error:
+                record["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            finally:
+                release_decode_graphs(model)
+            results.append(record)
+            print(format_table(results).splitlines()[-1], flush=True)
+            if args.json is not None:
+                args.json.write_text(json.dumps({"header": header, "results": results}, indent=2) + "\n")
+    print(format_table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ including the media placeholders. Each step: G = 4 responses of 256 tokens per p
 rewards (recall, precision, strict format, SFCC calibration with its two no-grad forwards) and
 advantage groups of ``recipes/configs/debug/grpo_mer_r1_tiny.yaml``, beta = 0, one update.
 Reports rollouts per second (completions per second of step wall time, median over the measured
-steps) and the recipe's own time split (generate / calibrate / score / train). Target (issue 6):
->= 1 rollout/s/GPU on one H100 (the paper's run implies about 0.1).
+steps) and the recipe's own time split (generate / calibrate / score / train); "rollout phase
+rollouts/s" = rollouts / generate time. Targets: >= 1 rollout/s/GPU on one H100 (issue 6; the
+paper's run implies about 0.1-0.4), >= 1.5 (issue 17). ``--decode-backend`` picks the rollout
+decode step (default ``auto``: CUDA graphs on a GPU).
 
     python benchmarks/bench_grpo_gpu.py                        # 7B shape, one GPU (H100/H200)
     python benchmarks/bench_grpo_gpu.py --prompts-per-step 8   # less memory
@@ -256,6 +258,7 @@ def _recipe_class():
         """The GRPO recipe with a single-GPU bf16 model and well-formed answers (module docstring)."""
 
         train_encoders = False
+        decode_backend = "auto"
 
         def _bench_model(self, spec, *, role: str, device, sharded: bool) -> torch.nn.Module:
             """Replaces ``training.build_model`` during setup: bf16 parameters on the device (no
@@ -287,8 +290,9 @@ def _recipe_class():
             # to max_new_tokens and every step measures the same work (a real policy stops earlier).
             stops = self._sampling.eos_token_ids
             self._sampling = dataclasses.replace(
-                self._sampling, stop_strings=None, suppress_token_ids=[*self._sampling.suppress_token_ids, *stops]
-            )
+                self._sampling, stop_strings=None, suppress_token_ids=[*self._sampling.suppress_token_ids, *stops],
+                decode_backend=self.decode_backend,
+            )  # fmt: skip
 
         def _rollout(self, batch):
             rollout = super()._rollout(batch)
@@ -392,6 +396,7 @@ class Result:
     generated_tokens_per_s: float
     peak_memory_gb: float
     step_times_s: list[float] = field(default_factory=list)
+    step_log: list[dict[str, Any]] = field(default_factory=list)  # every step, warm-up included
     rewards: dict[str, float] = field(default_factory=dict)  # mean over the measured steps
 
 
@@ -404,12 +409,14 @@ def run(args: argparse.Namespace) -> Result:
         cfg = bench_config(args, Path(tmp))
         recipe_class = _recipe_class()
         recipe_class.train_encoders = args.train_encoders
+        recipe_class.decode_backend = args.decode_backend
         recipe = recipe_class(cfg)
         recipe.setup(cfg)
         batches = (batch for _, (batch,) in recipe._loader.steps(DataPosition()))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         steps: list[dict[str, float]] = []
+        step_log: list[dict[str, Any]] = []  # every step, warm-up included
         prompt_tokens = []
         for step in range(args.warmup + args.steps):
             _synchronize(device)
@@ -425,6 +432,11 @@ def run(args: argparse.Namespace) -> Result:
             prompt_tokens.append(float(batch["prompt_mask"].sum(-1).float().mean()))
             if step >= args.warmup:
                 steps.append(metrics)
+            step_log.append({"step": step + 1, "warmup": step < args.warmup, "wall": metrics["wall"],
+                             **{name: metrics[f"time/{name}"] for name in STEP_TIMES}})  # fmt: skip
+            if args.json is not None:  # per step: a run stopped by a time limit keeps what finished
+                record = {"partial": True, "rollouts_per_step": args.prompts_per_step * args.num_generations}
+                args.json.write_text(json.dumps({**record, "step_log": step_log}, indent=2) + "\n")
         recipe.cleanup()
     rollouts = args.prompts_per_step * args.num_generations
     step_s = statistics.median(m["wall"] for m in steps)
@@ -438,6 +450,7 @@ def run(args: argparse.Namespace) -> Result:
         generated_tokens_per_s=statistics.median(m["rollout_tokens_per_second"] for m in steps),
         peak_memory_gb=torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan"),
         step_times_s=[m["wall"] for m in steps],
+        step_log=step_log,
         rewards={name: statistics.mean(m[f"reward/{name}/mean"] for m in steps) for name in LOGGED_REWARDS},
     )
 
@@ -446,10 +459,11 @@ def format_table(result: Result) -> str:
     split = " | ".join(f"{result.split_s[k]:.2f}" for k in STEP_TIMES)
     return "\n".join(
         [
-            "| rollouts/s | step (s) | generate (s) | calibrate (s) | score (s) | train (s) | rollouts/step "
-            "| prompt tok | response tok | gen tok/s | peak mem (GB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-            f"| {result.rollouts_per_s:.2f} | {result.step_s:.2f} | {split} | {result.rollouts_per_step} | "
+            "| rollouts/s | rollout phase rollouts/s | step (s) | generate (s) | calibrate (s) | score (s) | train (s) "
+            "| rollouts/step | prompt tok | response tok | gen tok/s | peak mem (GB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {result.rollouts_per_s:.2f} | {result.rollouts_per_step / result.split_s['generate']:.2f} | "
+            f"{result.step_s:.2f} | {split} | {result.rollouts_per_step} | "
             f"{result.prompt_tokens:.0f} | {result.response_tokens:.0f} | {result.generated_tokens_per_s:,.0f} | "
             f"{result.peak_memory_gb:.1f} |",
         ]
@@ -470,6 +484,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--no-ac", dest="ac", action="store_false", help="no activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
+    parser.add_argument(
+        "--decode-backend", default="auto", choices=("auto", "eager", "static", "cuda_graph"),
+        help="rollout decode step (auto: CUDA graphs on a GPU, eager on CPU)",
+    )  # fmt: skip
     parser.add_argument("--train-encoders", action="store_true", help="also train the audio/vision encoders")
     parser.add_argument("--tiny", action="store_true", help="tiny Thinker on CPU: smoke test of the code path")
     parser.add_argument(
@@ -509,7 +527,8 @@ def main(argv: list[str] | None = None) -> Result:
         f"torch {torch.__version__}; {args.prompts_per_step} prompts x G={args.num_generations} per step, "
         f"micro-batch {args.micro_batch_prompts} prompts, {args.new_tokens} new tokens, audio {args.audio_frames} "
         f"frames, video grid {args.video_grid}, AC {'on' if args.ac and not args.tiny else 'off'}, "
-        f"compile {'on' if args.compile else 'off'}; median of {args.steps} steps after {args.warmup} warm-up"
+        f"compile {'on' if args.compile else 'off'}, decode backend {args.decode_backend}; "
+        f"median of {args.steps} steps after {args.warmup} warm-up"
     )
     print(format_table(result))
     print("mean rewards (written answers): " + ", ".join(f"{k} {v:.3f}" for k, v in result.rewards.items()))

@@ -249,11 +249,15 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"{args.steps} timed steps after {args.warmup} warm-up; N = {num_matmul_params:,} matmul params, "
         f"{flops:.4g} FLOP/token; peak bf16 {peak / 1e12 if peak else float('nan'):.1f} TFLOP/s"
     )
-    results = [run_config(args, config, device, peak) for config in args.configs.split(",")]
-    print(header)
+    print(header, flush=True)
+    results = []
+    for config in args.configs.split(","):
+        results.append(run_config(args, config, device, peak))
+        print(format_table(results).splitlines()[-1], flush=True)
+        if args.json is not None:  # after every config: a run stopped by a time limit keeps what finished
+            record = {"header": header, "results": [asdict(r) for r in results]}
+            args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(format_table(results))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     return results
 
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from merr1.components.data.collate import select_media
 from merr1.components.generation import Generators, Rollouts, SamplingConfig, StopStrings, generate
 from merr1.components.tokenizer import token_bytes_table
 
@@ -126,38 +127,6 @@ def answer_confidence(token_bytes: Sequence[bytes], logprobs: Sequence[float], p
             picked.append(float(logprob))
         offset += len(piece)
     return math.exp(sum(picked) / len(picked))
-
-
-def select_media(media: dict[str, torch.Tensor] | None, rows: Sequence[int], num_prompts: int) -> dict | None:
-    """The Thinker's media kwargs of a subset of prompts, in the order of ``rows``.
-
-    Each modality's items are assumed listed prompt by prompt, the same number per prompt (as in
-    ``merr1.components.generation.repeat_media``); patch tensors are split by their grids.
-    """
-    if not media:
-        return media
-    groups = {
-        "audio": (("input_features", "feature_attention_mask", "audio_feature_lengths"), None),
-        "video": (("video_grid_thw", "video_second_per_grid"), ("pixel_values_videos", "video_grid_thw")),
-        "image": (("image_grid_thw",), ("pixel_values", "image_grid_thw")),
-    }
-    out = dict(media)
-    for item_keys, patches in groups.values():
-        present = [k for k in item_keys if k in media]
-        if not present:
-            continue
-        num_items = len(media[present[0]])
-        if num_items % num_prompts:
-            raise ValueError(f"{present[0]} has {num_items} items, not a multiple of {num_prompts} prompts")
-        per_prompt = num_items // num_prompts
-        order = [row * per_prompt + i for row in rows for i in range(per_prompt)]
-        index = torch.tensor(order, dtype=torch.long, device=media[present[0]].device)
-        for key in present:
-            out[key] = media[key].index_select(0, index)
-        if patches is not None and patches[0] in media:
-            chunks = media[patches[0]].split(media[patches[1]].prod(-1).tolist())
-            out[patches[0]] = torch.cat([chunks[i] for i in order])
-    return out
 
 
 def _with_stop(config: SamplingConfig, tokenizer, text: str) -> StopStrings:
@@ -265,7 +234,7 @@ def early_exit_generate(
             ids2,
             mask2,
             dataclasses.replace(config, max_new_tokens=max(budgets)),
-            media=select_media(media, rows, num_prompts),
+            media=(select_media(media, num_prompts, rows) if media else None),
             generator=second_generator,
         )
         for i, (b, budget) in enumerate(zip(rows, budgets)):

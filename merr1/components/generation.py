@@ -44,17 +44,77 @@ Choices a reader might not expect (each is tested):
 - FSDP2: ``generate`` all-gathers the parameters once per call, or once for a whole
   ``with gathered_parameters(model):`` block (e.g. slow and fast rollouts plus old-policy
   log-probs); decoding steps then do no communication.
+
+Decode backends (``SamplingConfig.decode_backend``, issue 17). At the paper's shape (1 prompt x
+G = 4 per GPU) an eager decode step of the 7B Thinker is launch-bound: ~28 layers x ~15 kernels,
+each launched from Python. Three ways to run the same step:
+
+- ``"eager"``: a growing (preallocated) ``DynamicCache`` and one transformers forward per token,
+  with a 2-D mask transformers turns into a 4-D one every step. The default on CPU (fastest there).
+- ``"static"``: fixed shapes and addresses (``_StaticDecoder``): rows padded to a bucket
+  (``bucket_rows``: 1, 2, 4, 8, then multiples of 8), K/V buffers of a fixed capacity (prompt
+  width + ``max_new_tokens`` rounded up to 256, grown when a call needs more, never shrunk), the
+  write position and the positions as device tensors advanced in place, and a prebuilt 4-D mask
+  (``{"full_attention": mask}``, which transformers uses as is). Each step attends over the first
+  multiple of 128 positions that covers it (masked beyond the written ones). Runs eagerly: this is
+  what the CPU tests compare with ``"eager"`` token for token.
+- ``"cuda_graph"``: the static step captured with ``torch.cuda.CUDAGraph`` (one graph per row
+  bucket and attended length, captured the first time a decode reaches it, after running that step
+  eagerly as the warm-up) and replayed: one launch per token. ``"auto"`` (the default) picks it on
+  CUDA, ``"eager"`` elsewhere.
+
+Why explicit capture, not ``torch.compile(mode="reduce-overhead")``: no compile time (minutes for
+a 28-layer step, once per row bucket and length, and again after every FSDP re-gather); the graph
+replays exactly the eager kernels, so graph and eager decoding agree token for token; FSDP2's
+Python hooks need not be traced. What it does not do: fuse kernels (RMSNorm, rotary) as inductor
+would.
+
+Sampling (top-k/top-p, Gumbel noise from per-row generators, stop matching) stays eager, outside
+the graph, so every backend samples the same tokens; on CUDA the one host sync per step ("all
+rows finished?") is checked after launching the next step, so the GPU never waits for the host.
+
+When graphs are (re)captured, and what they cost: graphs live in the model's static decoder
+(``MAX_STATIC_DECODERS`` = 2 row buckets per model, least recently used evicted). They are
+re-captured when the parameters moved (another FSDP2 gather: storage is re-allocated; ``model.to``)
+or the autocast state changed; with FSDP2 they are freed when the ``gathered_parameters`` block
+ends (they point into the gathered parameters), so each rollout phase re-captures (a few steps'
+time). On one unsharded GPU they persist across steps (optimizer steps update the weights in
+place; graphs read the current values); ``release_decode_graphs(model)`` frees them. Under
+autocast they are captured with ``cache_enabled=False`` (a graph must not read autocast's
+per-region weight casts). Memory per decoder: its K/V buffers (below) plus one private pool per
+graph holding that step's intermediates (~the float32 logits, rows x V x 4 bytes: 39 MB at 64 rows,
+plus bf16 copies), i.e. ~0.3 GB for the 3-4 graphs of a 256-token decode at 64 rows. The static
+path supports full-attention models with ``sdpa`` or ``eager`` attention
+(``static_decode_unsupported``); ``"auto"`` falls back to ``"eager"`` otherwise.
+
+Rollout memory (``rollout_batch_size`` prompts per ``generate`` call, ``generate_in_batches``):
+KV cache bytes = 2 (K, V) x layers x KV heads x head dim x dtype bytes x rows x capacity. For the
+7B Thinker (28 layers, 4 KV heads, head dim 128, bf16) that is 57,344 bytes (56 KiB) per row and
+position: 16 prompts x G = 4 = 64 rows of a ~1,047-token multimodal prompt + 256 new tokens
+(capacity 1,536 after rounding) hold 5.6 GB (4.8 GB unrounded; the eager backend's cache, 4.8 GB).
+The prefill adds, transiently, its own cache for the B unique prompts (16 x 1,047 positions:
+0.96 GB) and the prefill activations (MLP intermediates of 16 x 1,047 tokens x 18,944 x 2 bytes,
+~0.6 GB per tensor), the encoders' activations and ``[B, V]`` logits. With FSDP2 the gathered
+parameters are resident for the whole phase: 17.9 GB in bf16 for the 7B Thinker (8.93B
+parameters: LLM with embeddings 15.2 GB, audio and vision encoders 2.6 GB). So per GPU, rollouts
+need roughly 17.9 GB + 0.09 GB x rows (at capacity 1,536) + ~2 GB: 64 rows ~25 GB, 128 rows
+~31 GB, on top of what training keeps resident (sharded parameters, gradients, optimizer states);
+``release_decode_graphs`` hands the K/V buffers back after the phase.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from merr1.components.data.collate import select_media
 from merr1.components.parallel import gathered_parameters
 from merr1.components.tokenizer import token_bytes_table
 
@@ -73,6 +133,9 @@ MEDIA_KEYS = frozenset(
     }
 )
 
+
+# SamplingConfig.decode_backend values (module docstring, "Decode backends").
+DECODE_BACKENDS = ("auto", "eager", "static", "cuda_graph")
 
 # Thinker config fields naming media placeholder and boundary tokens.
 _MEDIA_TOKEN_FIELDS = (
@@ -146,6 +209,11 @@ class SamplingConfig:
         suppress_token_ids: ids never sampled. For the Thinker pass ``media_token_ids(model.config)``:
             a sampled media placeholder or boundary token (``<|AUDIO|>``, ``<|audio_bos|>``, ...)
             makes the teacher-forced forward fail (placeholders no longer match the media).
+        decode_backend: how decoding steps run (module docstring, "Decode backends"): ``"eager"``
+            (a growing cache, one transformers forward per token), ``"static"`` (static KV buffers,
+            fixed shapes; the code the CUDA graphs capture, run eagerly), ``"cuda_graph"`` (static,
+            captured once and replayed; CUDA only) or ``"auto"`` (``"cuda_graph"`` on CUDA when the
+            model supports it, else ``"eager"``). All give the same tokens.
     """
 
     max_new_tokens: int
@@ -157,8 +225,11 @@ class SamplingConfig:
     pad_token_id: int = 0
     stop_strings: StopStrings | None = None
     suppress_token_ids: list[int] = field(default_factory=list)
+    decode_backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.decode_backend not in DECODE_BACKENDS:
+            raise ValueError(f"unknown decode_backend {self.decode_backend!r}; choose one of {DECODE_BACKENDS}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
@@ -381,6 +452,7 @@ def generate(
     lengths = prompt_mask.sum(-1)  # [B]
     if bool((lengths == 0).any()):
         raise ValueError("every prompt needs at least one token (a prompt_mask row is all zero)")
+    backend = resolve_decode_backend(config.decode_backend, model, device)
 
     with gathered_parameters(model):
         saved_rope_deltas = backbone.rope_deltas if mrope else None
@@ -394,20 +466,27 @@ def generate(
             )
             cache = hidden.past_key_values
             logits = model.lm_head(hidden.last_hidden_state[:, -1]).float()  # [B, V]
-            # 2. Replicate the prefix state G times: row b * G + g.
+            # 2. Replicate the prefix state G times: row b * G + g (the KV cache: step 3).
             position = lengths
             if mrope:
                 position = position + backbone.rope_deltas.view(-1).to(device)
             if num_samples > 1:
-                cache.batch_repeat_interleave(num_samples)
                 logits = logits.repeat_interleave(num_samples, dim=0)
                 position = position.repeat_interleave(num_samples, dim=0)
                 prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
             if mrope:
                 backbone.rope_deltas = backbone.rope_deltas.repeat_interleave(num_samples, dim=0)
             # 3. Decode, writing the cache in place.
-            _preallocate_cache(cache, int(prompt_mask.shape[1]) + config.max_new_tokens)
-            return _decode(model, backbone, cache, logits, position, prompt_mask, config, mrope, generator)
+            if backend == "eager":
+                cache.batch_repeat_interleave(num_samples)
+                _preallocate_cache(cache, int(prompt_mask.shape[1]) + config.max_new_tokens)
+                step = _eager_step(model, backbone, cache, position, prompt_mask, config.max_new_tokens, mrope)
+                return _decode(step, logits, config, generator, sync_after_launch=False)
+            decoder = _static_decoder(model, cache, num_samples, prompt_mask.shape[0], prompt_mask.shape[1],
+                                      config.max_new_tokens, backend == "cuda_graph")  # fmt: skip
+            del cache, hidden  # the prefill keys/values now live in the decoder's buffers
+            decoder.load(prompt_mask, position, config.pad_token_id)
+            return _decode(decoder.step, logits, config, generator, sync_after_launch=device.type == "cuda")
         finally:
             if mrope:
                 backbone.rope_deltas = saved_rope_deltas
@@ -458,24 +537,318 @@ def _preallocated_layer_class():
     return PreallocatedLayer
 
 
-def _decode(
-    model: nn.Module,
-    backbone: nn.Module,
-    cache,
-    logits: torch.Tensor,  # [R, V]
-    position: torch.Tensor,  # [R] position of the first response token
-    prompt_mask: torch.Tensor,  # [R, P]
-    config: SamplingConfig,
-    mrope: bool,
-    generator: Generators,
-) -> Rollouts:
+# --------------------------------------------------------------------------------------------
+# Static KV cache and CUDA-graph decoding (issue 17)
+# --------------------------------------------------------------------------------------------
+
+# Row buckets: 1, 2, 4, 8, then multiples of ROW_MULTIPLE (a padded row costs one wasted row).
+ROW_MULTIPLE = 8
+# Static KV buffers hold a multiple of CAPACITY_MULTIPLE positions (grown, never shrunk).
+CAPACITY_MULTIPLE = 256
+# Each step attends over the first multiple of ATTEND_MULTIPLE positions that covers it: one
+# CUDA graph per such length, so a step reads at most ATTEND_MULTIPLE - 1 unused positions.
+ATTEND_MULTIPLE = 128
+# Static decoders (KV buffers + graphs) kept per model, one per row bucket, least recently used
+# evicted first.
+MAX_STATIC_DECODERS = 2
+# Model -> {row bucket: _StaticDecoder}, in least-recently-used order.
+_DECODERS: "weakref.WeakKeyDictionary[nn.Module, OrderedDict[int, _StaticDecoder]]" = weakref.WeakKeyDictionary()
+
+
+def resolve_decode_backend(backend: str, model: nn.Module, device: torch.device) -> str:
+    """The decode backend ``generate`` uses: ``"auto"`` is ``"cuda_graph"`` on a CUDA device for a
+    model the static path supports (see ``static_decode_unsupported``), else ``"eager"``.
+
+    Raises:
+        ValueError: ``"cuda_graph"`` off CUDA, or ``"static"``/``"cuda_graph"`` for an unsupported model.
+    """
+    if backend not in DECODE_BACKENDS:
+        raise ValueError(f"unknown decode_backend {backend!r}; choose one of {DECODE_BACKENDS}")
+    if backend == "eager":
+        return backend
+    reason = static_decode_unsupported(model)
+    if backend == "auto":
+        return "cuda_graph" if device.type == "cuda" and reason is None else "eager"
+    if backend == "cuda_graph" and device.type != "cuda":
+        raise ValueError(f"decode_backend 'cuda_graph' needs a CUDA device, got {device}; use 'static' or 'eager'")
+    if reason is not None:
+        raise ValueError(f"decode_backend {backend!r} does not support this model: {reason}; use 'eager'")
+    return backend
+
+
+def static_decode_unsupported(model: nn.Module) -> str | None:
+    """Why the static-cache decode step cannot run ``model`` (None if it can): it needs full
+    attention in every layer (no sliding window) and the ``sdpa`` or ``eager`` attention."""
+    config = _text_model(model.model).config
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+        return "sliding-window layers"
+    if config._attn_implementation not in ("sdpa", "eager"):
+        return f"attention implementation {config._attn_implementation!r} (needs 'sdpa' or 'eager')"
+    return None
+
+
+def release_decode_graphs(model: nn.Module) -> None:
+    """Free the static KV buffers and CUDA graphs ``generate`` keeps for ``model``.
+
+    Call after a rollout phase when training needs the memory back (they are rebuilt on the next
+    static/graph decode). FSDP2-sharded models release them automatically when their
+    ``gathered_parameters`` block ends (the graphs point into the gathered parameters).
+    """
+    _DECODERS.pop(model, None)
+
+
+def _text_model(backbone: nn.Module) -> nn.Module:
+    """The LLM of a Thinker backbone (``language_model``), or a Qwen2 backbone itself."""
+    return getattr(backbone, "language_model", backbone)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def bucket_rows(num_rows: int) -> int:
+    """Rows a static decoder of ``num_rows`` rows is padded to: 1, 2, 4, 8, then multiples of
+    ``ROW_MULTIPLE``."""
+    if num_rows <= ROW_MULTIPLE:
+        return 1 << (num_rows - 1).bit_length()
+    return _round_up(num_rows, ROW_MULTIPLE)
+
+
+def _static_decoder(model, cache, num_samples: int, num_rows: int, prompt_len: int, max_new_tokens: int,
+                    use_graphs: bool) -> "_StaticDecoder":  # fmt: skip
+    """The model's cached static decoder for this row bucket, (re)built if too small or stale, with
+    the prefill ``cache`` (``[B, H, P, d]`` per layer; B * G = ``num_rows``) copied into it."""
+    from merr1.components.parallel import call_when_resharded, is_fsdp_sharded
+
+    rows = bucket_rows(num_rows)
+    shapes = [(layer.keys.shape[1], layer.keys.shape[-1], layer.values.shape[-1]) for layer in cache.layers]
+    dtype, device = cache.layers[0].keys.dtype, cache.layers[0].keys.device
+    decoders = _DECODERS.setdefault(model, OrderedDict())
+    decoder = decoders.pop(rows, None)
+    needed = prompt_len + max_new_tokens
+    if decoder is None or not decoder.fits(shapes, dtype, device, needed, use_graphs):
+        decoder = None  # free the old buffers before allocating new ones
+        capacity = _round_up(needed, CAPACITY_MULTIPLE)
+        decoder = _StaticDecoder(model, rows, capacity, shapes, dtype, device, use_graphs)
+    decoders[rows] = decoder
+    while len(decoders) > MAX_STATIC_DECODERS:
+        decoders.popitem(last=False)
+    if is_fsdp_sharded(model):  # the graphs point into this gathered phase's parameters
+        call_when_resharded(model, functools.partial(release_decode_graphs, model))
+    decoder.copy_prefill(cache, num_samples, num_rows, prompt_len)
+    return decoder
+
+
+class _StaticLayer:
+    """One layer's KV buffers ``[rows, H, capacity, d]``: ``update`` writes the new position in
+    place (at the decoder's device-side ``write_index``) and returns the first ``attend_len``
+    positions, so shapes and addresses never change between steps."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, decoder: "_StaticDecoder"):
+        self.keys, self.values, self.decoder = keys, values, decoder
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        index, length = self.decoder.write_index, self.decoder.attend_len
+        self.keys.index_copy_(2, index, key_states)
+        self.values.index_copy_(2, index, value_states)
+        return self.keys[:, :, :length], self.values[:, :, :length]
+
+
+class _StaticCache:
+    """The ``past_key_values`` a decode step sees: transformers' attention layers only call
+    ``update(key_states, value_states, layer_idx)`` on it."""
+
+    def __init__(self, layers: list[_StaticLayer]):
+        self.layers = layers
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        raise RuntimeError("the static decode cache has no host-side length (positions are passed explicitly)")
+
+
+class _StaticDecoder:
+    """Static decoding state of one model for ``rows`` rows and ``capacity`` positions.
+
+    Buffers (fixed shapes and addresses): per layer K/V ``[rows, H, capacity, d]``; the attention
+    mask ``[rows, 1, 1, capacity]`` (bool for ``sdpa``, additive for ``eager`` attention); the fed
+    tokens ``[rows, 1]``; positions ``[rows]``; the write index ``[1]``. ``_forward`` is the
+    decode step (what a CUDA graph captures): it marks the write column in the mask, runs the
+    LLM on the fed tokens with explicit positions and the prebuilt mask (transformers then builds
+    no mask and reads no cache length), writes K/V in place, advances the write index and the
+    positions, and returns ``[rows, V]`` float32 logits. With ``use_graphs``, one CUDA graph is
+    captured per attended length (a multiple of ``ATTEND_MULTIPLE``) the first time a decode
+    reaches it, and replayed after that; graphs are re-captured when the parameters moved
+    (another FSDP gather, ``model.to``) or the autocast state changed.
+    """
+
+    def __init__(self, model, rows: int, capacity: int, shapes, dtype, device, use_graphs: bool):
+        backbone = model.model
+        self.text_model, self.lm_head = _text_model(backbone), model.lm_head
+        self.mrope = _uses_mrope(backbone)  # no reference to model: _DECODERS holds it weakly
+        self.rows, self.capacity, self.shapes, self.dtype, self.device = rows, capacity, shapes, dtype, device
+        self.use_graphs = use_graphs
+        additive = self.text_model.config._attn_implementation == "eager"
+        with torch.inference_mode(False):  # buffers outlive an inference-mode caller
+            self.keys = [torch.zeros(rows, h, capacity, dk, dtype=dtype, device=device) for h, dk, _ in shapes]
+            self.values = [torch.zeros(rows, h, capacity, dv, dtype=dtype, device=device) for h, _, dv in shapes]
+            if additive:  # eager attention adds the mask to the scores
+                self.attend, self.ignore = 0.0, torch.finfo(dtype).min
+                self.mask = torch.full((rows, 1, 1, capacity), self.ignore, dtype=dtype, device=device)
+            else:
+                self.attend, self.ignore = True, False
+                self.mask = torch.zeros(rows, 1, 1, capacity, dtype=torch.bool, device=device)
+            self.input_ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
+            self.position = torch.zeros(rows, dtype=torch.long, device=device)
+            self.write_index = torch.zeros(1, dtype=torch.long, device=device)
+        self.cache = _StaticCache([_StaticLayer(k, v, self) for k, v in zip(self.keys, self.values)])
+        self.attend_len = capacity
+        self.graphs: dict[int, tuple[object, torch.Tensor]] = {}  # attend_len -> (CUDAGraph, logits)
+        self.graph_key = None
+        self.num_rows = self.prompt_len = 0
+
+    def fits(self, shapes, dtype, device, needed: int, use_graphs: bool) -> bool:
+        return (shapes, dtype, device, use_graphs) == (self.shapes, self.dtype, self.device, self.use_graphs) and (
+            needed <= self.capacity
+        )
+
+    def copy_prefill(self, cache, num_samples: int, num_rows: int, prompt_len: int) -> None:
+        """Copy the prefill cache (B rows) into rows ``b * G + g`` of the buffers; zero the rest."""
+        for keys, values, layer in zip(self.keys, self.values, cache.layers):
+            for buffer, prefill in ((keys, layer.keys), (values, layer.values)):
+                buffer.zero_()
+                heads, dim = buffer.shape[1], buffer.shape[-1]
+                rows = buffer[:num_rows].view(-1, num_samples, heads, self.capacity, dim)  # [B, G, H, C, d]
+                rows[..., :prompt_len, :].copy_(prefill[:, None])
+
+    def load(self, prompt_mask: torch.Tensor, position: torch.Tensor, pad_token_id: int) -> None:
+        """Set the mask, positions and write index for a decode of ``prompt_mask``'s rows
+        (``[R, P]``, left-aligned); padding rows attend to position 0 only."""
+        num_rows, prompt_len = prompt_mask.shape
+        self.num_rows, self.prompt_len = num_rows, prompt_len
+        self.mask.fill_(self.ignore)
+        self.mask[:num_rows, 0, 0, :prompt_len].masked_fill_(prompt_mask.bool(), self.attend)
+        self.mask[num_rows:, 0, 0, 0] = self.attend
+        self.input_ids.fill_(pad_token_id)
+        self.position.zero_()
+        self.position[:num_rows] = position
+        self.write_index.fill_(prompt_len)
+        if self.use_graphs:
+            key = (_parameter_addresses(self.text_model, self.lm_head), _autocast_state(self.device.type))
+            if key != self.graph_key:
+                self.graphs.clear()
+                self.graph_key = key
+
+    def step(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        """Feed response token ``t`` (``[R]``); returns the next logits ``[R, V]``."""
+        self.input_ids[: self.num_rows, 0].copy_(tokens)
+        attend_len = min(_round_up(self.prompt_len + t + 1, ATTEND_MULTIPLE), self.capacity)
+        if not self.use_graphs:
+            return self._forward(attend_len)[: self.num_rows]
+        if attend_len in self.graphs:
+            graph, logits = self.graphs[attend_len]
+            graph.replay()
+            return logits[: self.num_rows]
+        return self._run_and_capture(attend_len)[: self.num_rows]
+
+    def _forward(self, attend_len: int) -> torch.Tensor:
+        from merr1.components.parallel import fsdp_forward_hooks_idle
+
+        self.attend_len = attend_len
+        self.mask.index_fill_(-1, self.write_index, self.attend)
+        positions = self.position.view(-1, 1)  # [rows, 1]
+        if self.mrope:
+            positions = positions[None].expand(3, -1, -1)  # [3, rows, 1]
+        with fsdp_forward_hooks_idle(self.text_model):  # its decoder layers are the FSDP units called
+            hidden = self.text_model(
+                input_ids=self.input_ids,
+                attention_mask={"full_attention": self.mask[..., :attend_len]},  # used as is, no mask building
+                position_ids=positions,
+                past_key_values=self.cache,
+                use_cache=True,
+            ).last_hidden_state
+        logits = self.lm_head(hidden[:, -1]).float()  # [rows, V]
+        self.write_index += 1
+        self.position += 1
+        return logits
+
+    def _run_and_capture(self, attend_len: int) -> torch.Tensor:
+        """Run this step eagerly on a side stream (also the warm-up), then capture it as a graph
+        for the following steps (capturing records kernels without running them)."""
+        device_type = self.device.type
+        autocast = dict(
+            device_type=device_type,
+            dtype=torch.get_autocast_dtype(device_type),
+            enabled=torch.is_autocast_enabled(device_type),
+            cache_enabled=False,  # a graph must not point into autocast's per-region weight cache
+        )
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.autocast(**autocast):
+            logits = self._forward(attend_len)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        logits.record_stream(torch.cuda.current_stream(self.device))  # allocated on the side stream
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.autocast(**autocast):
+            graph_logits = self._forward(attend_len)
+        self.graphs[attend_len] = (graph, graph_logits)
+        return logits
+
+
+def _parameter_addresses(*modules: nn.Module) -> tuple[int, ...]:
+    """Addresses of every parameter and buffer a captured graph reads."""
+    return tuple(t.data_ptr() for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def _eager_step(model, backbone, cache, position, prompt_mask, max_new_tokens: int, mrope: bool):
+    """The ``eager`` decode step: one forward of the fed tokens on a growing (preallocated) cache.
+
+    Returns ``step(tokens [R], t) -> logits [R, V]`` for response token ``t`` at position
+    ``position + t`` (``[3, R, 1]`` mRoPE positions for the Thinker), the attention mask grown by
+    one column per token.
+    """
     num_rows, prompt_len = prompt_mask.shape
+    attention_mask = torch.ones(num_rows, prompt_len + max_new_tokens, dtype=torch.long, device=prompt_mask.device)
+    attention_mask[:, :prompt_len] = prompt_mask
+
+    def step(tokens: torch.Tensor, t: int) -> torch.Tensor:
+        positions = (position + t).view(-1, 1)  # [R, 1]
+        if mrope:
+            positions = positions[None].expand(3, -1, -1)  # [3, R, 1]
+        hidden = backbone(
+            input_ids=tokens[:, None],
+            attention_mask=attention_mask[:, : prompt_len + t + 1],
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return model.lm_head(hidden[:, -1]).float()
+
+    return step
+
+
+def _decode(
+    step_fn, logits: torch.Tensor, config: SamplingConfig, generator: Generators, sync_after_launch: bool
+) -> Rollouts:
+    """The sampling loop: sample, check stops, feed the sampled tokens to ``step_fn``.
+
+    Args:
+        step_fn: ``(tokens [R], t) -> logits [R, V]`` after feeding response token t.
+        logits: ``[R, V]`` logits of response token 0 (from the prefill).
+        sync_after_launch: check "all rows finished" (the one host sync per step) after launching
+            the next step instead of before (CUDA: the GPU never waits for the host; costs one
+            unused step when every row stops early).
+    """
+    num_rows = logits.shape[0]
     max_new, device = config.max_new_tokens, logits.device
     tokens = torch.full((num_rows, max_new), config.pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(num_rows, max_new, dtype=torch.float32, device=device)
     mask = torch.zeros(num_rows, max_new, dtype=torch.bool, device=device)
-    attention_mask = torch.ones(num_rows, prompt_len + max_new, dtype=torch.long, device=device)
-    attention_mask[:, :prompt_len] = prompt_mask
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     stop = _StopMatcher(config, num_rows, logits.shape[-1], device)
     suppress_ids = torch.tensor(config.suppress_token_ids, dtype=torch.long, device=device)
@@ -491,20 +864,19 @@ def _decode(
         logprobs[:, step] = next_logprobs.masked_fill(done, 0.0)
         mask[:, step] = active
         done = done | (stop(tokens, step) & active)
-        if step + 1 == max_new or bool(done.all()):
-            num_steps = step + 1
+        if step + 1 == max_new:
             break
-        positions = (position + step).view(-1, 1)  # [R, 1]
-        if mrope:
-            positions = positions[None].expand(3, -1, -1)  # [3, R, 1]
-        hidden = backbone(
-            input_ids=tokens[:, step : step + 1],
-            attention_mask=attention_mask[:, : prompt_len + step + 1],
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-        logits = model.lm_head(hidden[:, -1]).float()
+        if sync_after_launch:
+            all_done = done.all()
+            logits = step_fn(tokens[:, step], step)
+            if bool(all_done):
+                num_steps = step + 1
+                break
+        else:
+            if bool(done.all()):
+                num_steps = step + 1
+                break
+            logits = step_fn(tokens[:, step], step)
     return Rollouts(
         response_ids=tokens[:, :num_steps].contiguous(),
         response_mask=mask[:, :num_steps].contiguous(),
@@ -595,6 +967,92 @@ def teacher_forced_logits(
     logits[from_prompt] = first[flat[from_prompt] // width].to(rest.dtype)
     logits[~from_prompt] = rest
     return logits
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout batches (issue 17): rollout_batch_size prompts per generate call
+# --------------------------------------------------------------------------------------------
+
+
+def rollout_batches(num_prompts: int, rollout_batch_size: int) -> list[slice]:
+    """Consecutive prompt slices of at most ``rollout_batch_size`` prompts (the last may be shorter).
+
+    Raises:
+        ValueError: ``rollout_batch_size < 1``.
+    """
+    if rollout_batch_size < 1:
+        raise ValueError(f"rollout_batch_size must be >= 1, got {rollout_batch_size}")
+    starts = range(0, num_prompts, rollout_batch_size)
+    return [slice(start, min(start + rollout_batch_size, num_prompts)) for start in starts]
+
+
+def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
+    """Stack rollouts of several ``generate`` calls row-wise, right-padding to the widest.
+
+    Padding follows ``generate``: ``pad_token_id`` ids, mask False, log-prob 0.
+
+    Raises:
+        ValueError: no parts.
+    """
+    if not parts:
+        raise ValueError("concat_rollouts needs at least one Rollouts")
+    width = max(part.response_ids.shape[1] for part in parts)
+
+    def padded(tensor: torch.Tensor, value) -> torch.Tensor:
+        return nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+    return Rollouts(
+        response_ids=torch.cat([padded(p.response_ids, pad_token_id) for p in parts]),
+        response_mask=torch.cat([padded(p.response_mask, False) for p in parts]),
+        logprobs=torch.cat([padded(p.logprobs, 0.0) for p in parts]),
+        finished=torch.cat([p.finished for p in parts]),
+    )
+
+
+def generate_in_batches(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    config: SamplingConfig,
+    *,
+    rollout_batch_size: int,
+    num_samples: int = 1,
+    media: dict[str, torch.Tensor] | None = None,
+    generator: Generators = None,
+) -> Rollouts:
+    """``generate`` over ``rollout_batch_size`` prompts at a time, as one rollout phase.
+
+    Decouples the rollout batch (sized to fill the GPU during decoding) from the training
+    micro-batch. Parameters are gathered once for all batches (FSDP2); each batch is cut to its
+    own longest prompt (fewer padded positions than the whole batch's). With one generator per
+    row, every row samples exactly what one ``generate`` call over all prompts would (tested); with
+    one shared generator the draws depend on the batching.
+
+    Args:
+        model, prompt_ids, prompt_mask, config, num_samples, media, generator: as for ``generate``
+            (``B`` prompts, ``B * G`` row generators if a list).
+        rollout_batch_size: prompts per ``generate`` call.
+
+    Returns:
+        ``Rollouts`` with ``B * G`` rows (row ``b * G + g``), right-padded to the longest response.
+    """
+    num_prompts = prompt_ids.shape[0]
+    if isinstance(generator, (list, tuple)):
+        _check_row_generators(generator, num_prompts * num_samples)
+    parts = []
+    with gathered_parameters(model):
+        for batch in rollout_batches(num_prompts, rollout_batch_size):
+            ids, mask = _left_align(prompt_ids[batch], prompt_mask[batch].long())
+            first = int(mask.any(0).long().argmax())  # all-padding columns of this batch
+            rows = slice(batch.start * num_samples, batch.stop * num_samples)
+            parts.append(
+                generate(
+                    model, ids[:, first:], mask[:, first:], config, num_samples=num_samples,
+                    media=select_media(media, num_prompts, torch.arange(batch.start, batch.stop)) if media else None,
+                    generator=generator[rows] if isinstance(generator, (list, tuple)) else generator,
+                )  # fmt: skip
+            )
+    return concat_rollouts(parts, config.pad_token_id)
 
 
 def _check_inputs(

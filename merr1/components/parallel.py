@@ -1,5 +1,6 @@
 """Training-time model transforms (float8, activation checkpointing, torch.compile, FSDP2) and the
-FSDP2 parameter gathering of a rollout phase (``gathered_parameters``).
+FSDP2 parameter gathering of a rollout phase (``gathered_parameters``; ``call_when_resharded``
+and ``fsdp_forward_hooks_idle`` serve CUDA-graph decoding inside such a phase).
 
 Apply them in this order (each one is optional), on the meta skeleton or a real model:
 
@@ -212,6 +213,55 @@ def shard_model(
 
 # Roots of FSDP modules whose parameters are currently gathered (makes gathering re-entrant).
 _GATHERED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# Root -> callbacks to run once when its current gathered block ends (``call_when_resharded``).
+_ON_RESHARD: "weakref.WeakKeyDictionary[nn.Module, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_fsdp_sharded(model: nn.Module) -> bool:
+    """True if ``model`` (or a submodule) is FSDP2-sharded."""
+    return bool(_fsdp_modules(model))
+
+
+def call_when_resharded(model: nn.Module, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once when the current ``gathered_parameters`` block of ``model`` ends,
+    just before its parameters are resharded (at once if no block is open or the model is not
+    sharded). Used to free state that points into the gathered parameters (decode CUDA graphs).
+    """
+    modules = _fsdp_modules(model)
+    if not modules or modules[0] not in _GATHERED:
+        callback()
+        return
+    _ON_RESHARD.setdefault(modules[0], []).append(callback)
+
+
+@contextmanager
+def fsdp_forward_hooks_idle(model: nn.Module) -> Iterator[None]:
+    """Inside ``gathered_parameters``: make FSDP2's forward hooks skip their bookkeeping.
+
+    Decoding calls decoder layers directly; their FSDP pre-forward hook would then make each layer
+    in turn the "forward root", which makes FSDP's all-gather streams wait on the current stream.
+    Inside a CUDA-graph capture that forks those streams into the capture and the capture fails.
+    Here every FSDP state is put in the state FSDP uses while activation checkpointing recomputes
+    a forward in backward (``PRE_BACKWARD``), where the hooks only check that the parameters are
+    unsharded (they are). The previous states are restored on exit. A no-op without FSDP.
+    """
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    states = [m._get_fsdp_state() for m in _fsdp_modules(model)]
+    saved = [state._training_state for state in states]
+    for state in states:
+        state._training_state = TrainingState.PRE_BACKWARD
+    try:
+        yield
+    finally:
+        for state, training_state in zip(states, saved):
+            state._training_state = training_state
 
 
 @contextmanager
@@ -228,9 +278,7 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
     Args:
         model: the policy; FSDP modules are found among ``model.modules()``.
     """
-    from torch.distributed.fsdp import FSDPModule
-
-    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    fsdp_modules = _fsdp_modules(model)
     if not fsdp_modules or fsdp_modules[0] in _GATHERED:
         yield
         return
@@ -248,6 +296,8 @@ def gathered_parameters(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         _GATHERED.discard(root)
+        for callback in _ON_RESHARD.pop(root, []):
+            callback()
         _restore_reshard_settings(saved)
         _forget_post_forward_order(fsdp_modules)
         for m in fsdp_modules:
@@ -259,9 +309,17 @@ def _reshard_settings(fsdp_modules: list[nn.Module]) -> list[tuple[object, bool,
     saved = []
     for m in fsdp_modules:
         state = m._get_fsdp_state()
-        groups = [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups]
+        groups = [(g, g.post_forward_mesh_info) for g in _param_groups(state)]
         saved.append((state, state._auto_reshard_after_forward, groups))
     return saved
+
+
+def _param_groups(state) -> list:
+    """An FSDP state's parameter groups: ``_fsdp_param_groups`` (torch 2.13) or the single
+    ``_fsdp_param_group`` (torch 2.11, the GPU machine's image; None for a unit without parameters)."""
+    if hasattr(state, "_fsdp_param_groups"):
+        return list(state._fsdp_param_groups)
+    return [state._fsdp_param_group] if state._fsdp_param_group is not None else []
 
 
 def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
@@ -271,7 +329,7 @@ def _forget_post_forward_order(fsdp_modules: list[nn.Module]) -> None:
     decoding steps' records make the next training backward all-gather one module too many.
     """
     for m in fsdp_modules:
-        for group in m._get_fsdp_state()._fsdp_param_groups:
+        for group in _param_groups(m._get_fsdp_state()):
             group._post_forward_indices.clear()
             group.comm_ctx.post_forward_order.clear()
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from merr1.components.data.collate import select_media
 from merr1.components.early_exit import (
     EarlyExitRecord,
     answer_confidence,
     early_exit_generate,
-    select_media,
     summarize_early_exit,
 )
 from merr1.components.generation import SamplingConfig, generate
@@ -244,7 +244,7 @@ def test_select_media_picks_and_orders_prompts(tok):
     ids, mask, media = thinker_batch(model)
     config = SamplingConfig(max_new_tokens=6, temperature=0.0, suppress_token_ids=list(range(3, 10)))
     both = generate(model, ids, mask, config, media=media)
-    swapped = generate(model, ids.flip(0), mask.flip(0), config, media=select_media(media, [1, 0], 2))
+    swapped = generate(model, ids.flip(0), mask.flip(0), config, media=select_media(media, 2, [1, 0]))
     torch.testing.assert_close(swapped.response_ids, both.response_ids.flip(0))
-    alone = generate(model, ids[1:], mask[1:], config, media=select_media(media, [1], 2))
+    alone = generate(model, ids[1:], mask[1:], config, media=select_media(media, 2, [1]))
     torch.testing.assert_close(alone.response_ids[0], both.response_ids[1])

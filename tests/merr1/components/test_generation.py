@@ -21,6 +21,7 @@ from merr1.components.data.collate import repeat_media
 from merr1.components.models import tiny_qwen2, tiny_thinker
 from merr1.components.parallel import gathered_parameters
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS, tiny_tokenizer
+from numerics import assert_close_to_scale
 
 S = TINY_SPECIAL_TOKENS
 # Media placeholders and boundaries: a sampled one would break the teacher-forced Thinker forward.
@@ -555,9 +556,10 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
         reference = tiny_thinker(seed=0)  # unsharded
         ids, mask, media = thinker_batch(model)
 
-        def rollout(m, max_new_tokens):
+        def rollout(m, max_new_tokens, backend="eager"):
             config = SamplingConfig(
-                max_new_tokens=max_new_tokens, temperature=1.0, top_k=50, suppress_token_ids=MEDIA_IDS
+                max_new_tokens=max_new_tokens, temperature=1.0, top_k=50, suppress_token_ids=MEDIA_IDS,
+                decode_backend=backend,
             )
             return generate(m, ids, mask, config, num_samples=2, media=media, generator=torch.Generator().manual_seed(3))
 
@@ -571,13 +573,16 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             fully_shard(m, mesh=mesh)
 
         num_all_gathers = [0]
-        original = dist.all_gather_single
+        # FSDP2's all-gather: dist.all_gather_single from torch 2.13, all_gather_into_tensor before
+        # (torch 2.11 on the GPU machine).
+        collective = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+        original = getattr(dist, collective)
 
         def counting_all_gather(*args, **kwargs):
             num_all_gathers[0] += 1
             return original(*args, **kwargs)
 
-        dist.all_gather_single = counting_all_gather
+        setattr(dist, collective, counting_all_gather)
         counts = {}
         for max_new_tokens in (1, 6):
             start = num_all_gathers[0]
@@ -594,6 +599,19 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             rollout(model, 4)
         assert num_all_gathers[0] - start == 5
 
+        # The static-cache decode step (the code CUDA graphs capture): same rollouts, FSDP's hooks
+        # idle while it runs, and its buffers freed when the gathered block ends.
+        from merr1.components import generation
+
+        start = num_all_gathers[0]
+        with gathered_parameters(model):
+            got_static = rollout(model, 6, backend="static")
+            assert model in generation._DECODERS
+        assert model not in generation._DECODERS
+        assert num_all_gathers[0] - start == 5
+        assert torch.equal(got_static.response_ids, expected.response_ids)
+        torch.testing.assert_close(got_static.logprobs, expected.logprobs, atol=1e-5, rtol=0)
+
         # Parameters are sharded again; a training step communicates exactly like on a model
         # that never generated (reshard-after-forward restored) and matches the unsharded model.
         assert isinstance(model.model.language_model.layers[0].mlp.up_proj.weight, DTensor)
@@ -607,7 +625,7 @@ def _fsdp_worker(rank: int, world_size: int, store_path: str) -> None:
             out.loss.backward()
             losses.append(out.loss)
             train_all_gathers.append(num_all_gathers[0] - start)
-        dist.all_gather_single = original
+        setattr(dist, collective, original)
         assert train_all_gathers[0] == train_all_gathers[1] > 5, train_all_gathers
         torch.testing.assert_close(losses[0], losses[2], atol=1e-5, rtol=1e-5)
         reference_grads = dict(reference.named_parameters())
@@ -690,3 +708,340 @@ def test_preallocated_cache_layer_writes_in_place_and_refuses_overflow():
     grown.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
     with pytest.raises(ValueError, match="past the preallocated cache"):
         grown.update(torch.zeros(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
+
+
+# --- static KV cache and CUDA-graph decoding (issue 17) ---------------------------------------
+
+
+def _rollouts_per_row(model, ids, mask, media, G, backend, seed=0, **sampling):
+    config = SamplingConfig(
+        max_new_tokens=sampling.pop("max_new_tokens", 9),
+        suppress_token_ids=media_token_ids(model.config),
+        decode_backend=backend,
+        **sampling,
+    )
+    generators = [torch.Generator(device=ids.device).manual_seed(seed + r) for r in range(len(ids) * G)]
+    return generate(model, ids, mask, config, num_samples=G, media=media, generator=generators)
+
+
+def _assert_same_rollouts(got, expected, what):
+    assert torch.equal(got.response_ids, expected.response_ids), what
+    assert torch.equal(got.response_mask, expected.response_mask), what
+    assert torch.equal(got.finished, expected.finished), what
+    # float32 log-probs of magnitude <= ~15: summation-order round-off of the attention over the
+    # static buffer's masked positions stays far below 1e-5 of that.
+    assert_close_to_scale(got.logprobs, expected.logprobs, rtol=1e-5, what=what)
+
+
+@pytest.mark.parametrize("name", ["thinker", "qwen2"])
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(temperature=0.0), dict(temperature=1.0), dict(temperature=0.7, top_k=20, top_p=0.9)],
+    ids=["greedy", "T=1", "T=0.7,top-k,top-p"],
+)
+def test_static_decoding_equals_eager_token_for_token(name, sampling, thinker, qwen2):
+    """The static-cache step (the code the CUDA graphs capture, run eagerly) samples the same tokens."""
+    model, ids, mask, media = model_and_batch(name, thinker, qwen2)
+    G = 3  # 6 or 9 rows: padded to a row bucket of 8 or 16
+    expected = _rollouts_per_row(model, ids, mask, media, G, "eager", **sampling)
+    got = _rollouts_per_row(model, ids, mask, media, G, "static", **sampling)
+    _assert_same_rollouts(got, expected, f"{name} {sampling}")
+
+
+def test_static_decoding_with_eager_attention_equals_eager_decoding():
+    """``eager`` attention gets an additive mask instead of a boolean one."""
+    model = tiny_qwen2(seed=1).eval()
+    model.config._attn_implementation = "eager"
+    assert model.model.layers[0].self_attn.config._attn_implementation == "eager"
+    ids, mask = text_batch()
+    expected = _rollouts_per_row(model, ids, mask, None, 2, "eager", temperature=1.0)
+    got = _rollouts_per_row(model, ids, mask, None, 2, "static", temperature=1.0)
+    _assert_same_rollouts(got, expected, "eager attention")
+
+
+def test_static_decoding_buckets_grow_and_are_reused(monkeypatch, qwen2):
+    """Small buckets: steps cross several attended lengths, capacity grows, row buckets are evicted."""
+    from merr1.components import generation
+
+    monkeypatch.setattr(generation, "ATTEND_MULTIPLE", 4)
+    monkeypatch.setattr(generation, "CAPACITY_MULTIPLE", 8)
+    monkeypatch.setattr(generation, "MAX_STATIC_DECODERS", 2)
+    model = copy.deepcopy(qwen2)
+    ids, mask = text_batch()  # 3 prompts of width 7
+    decoders = lambda: generation._DECODERS.get(model, {})  # noqa: E731
+    for max_new_tokens in (9, 3, 14):  # capacity 7 + 9 -> 16; reused for 10; grown to 24 for 21
+        expected = _rollouts_per_row(qwen2, ids, mask, None, 2, "eager", max_new_tokens=max_new_tokens)
+        got = _rollouts_per_row(model, ids, mask, None, 2, "static", max_new_tokens=max_new_tokens)
+        _assert_same_rollouts(got, expected, f"max_new_tokens {max_new_tokens}")
+        assert list(decoders()) == [8]  # 6 rows -> bucket 8
+        if max_new_tokens == 9:
+            first = decoders()[8]
+            assert first.capacity == 16
+        elif max_new_tokens == 3:
+            assert decoders()[8] is first  # a smaller need reuses the buffers
+    assert decoders()[8].capacity == 24 and decoders()[8] is not first
+    for G, bucket in ((1, 4), (5, 16)):  # 3 and 15 rows: new buckets, the least recently used goes
+        expected = _rollouts_per_row(qwen2, ids, mask, None, G, "eager", temperature=1.0)
+        _assert_same_rollouts(_rollouts_per_row(model, ids, mask, None, G, "static", temperature=1.0), expected, G)
+    assert list(decoders()) == [4, 16]
+    generation.release_decode_graphs(model)
+    assert not decoders()
+
+
+@pytest.mark.parametrize(
+    "num_rows, bucket", [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (9, 16), (16, 16), (17, 24), (64, 64), (65, 72)]
+)
+def test_bucket_rows(num_rows, bucket):
+    from merr1.components.generation import bucket_rows
+
+    assert bucket_rows(num_rows) == bucket
+
+
+@pytest.mark.parametrize("backend", ["static", "eager"])
+def test_static_decoding_stops_like_eager(backend, qwen2):
+    """Stop sequences, EOS and the all-finished early exit behave the same on both paths."""
+    ids, mask = text_batch()
+    free = generate(qwen2, ids, mask, SamplingConfig(max_new_tokens=12), generator=torch.Generator().manual_seed(0))
+    stop_seq, eos = free.response_ids[0, 3:5].tolist(), [int(free.response_ids[1, 2])]
+    config = SamplingConfig(max_new_tokens=12, stop_sequences=[stop_seq], eos_token_ids=eos, decode_backend=backend)
+    rollouts = generate(qwen2, ids, mask, config, generator=torch.Generator().manual_seed(0))
+    assert rollouts.response_mask.sum(-1).tolist()[:2] == [5, 3]
+    all_stop = sorted({int(free.response_ids[b, 1]) for b in range(3)})
+    config = SamplingConfig(max_new_tokens=12, eos_token_ids=all_stop, decode_backend=backend)
+    early = generate(qwen2, ids, mask, config, generator=torch.Generator().manual_seed(0))
+    assert early.response_ids.shape[1] == 2 and early.finished.all()
+
+
+def _unsupported_attention_model(qwen2):
+    model = copy.deepcopy(qwen2)
+    model.config._attn_implementation = "flex_attention"
+    return model
+
+
+@pytest.mark.parametrize(
+    "backend, device, model_kind, expected",
+    [
+        ("auto", "cpu", "ok", "eager"),
+        ("auto", "cuda", "ok", "cuda_graph"),  # only the device type is read: no GPU needed
+        ("auto", "cuda", "flex", "eager"),  # unsupported model: auto falls back
+        ("eager", "cuda", "ok", "eager"),
+        ("static", "cpu", "ok", "static"),
+        ("cuda_graph", "cuda", "ok", "cuda_graph"),
+        ("cuda_graph", "cpu", "ok", "needs a CUDA device"),
+        ("static", "cpu", "flex", "does not support this model"),
+        ("graphs", "cpu", "ok", "unknown decode_backend"),
+    ],
+)
+def test_resolve_decode_backend(backend, device, model_kind, expected, qwen2):
+    from merr1.components.generation import resolve_decode_backend
+
+    model = qwen2 if model_kind == "ok" else _unsupported_attention_model(qwen2)
+    if expected in ("eager", "static", "cuda_graph"):
+        assert resolve_decode_backend(backend, model, torch.device(device)) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            resolve_decode_backend(backend, model, torch.device(device))
+
+
+def test_sampling_config_rejects_unknown_decode_backend():
+    with pytest.raises(ValueError, match="decode_backend"):
+        SamplingConfig(max_new_tokens=4, decode_backend="compile")
+
+
+def test_static_decoding_under_inference_mode_then_no_grad(qwen2):
+    """Buffers made under an inference-mode caller (the eval recipe) stay usable under no_grad."""
+    model = copy.deepcopy(qwen2)
+    ids, mask = text_batch()
+    expected = _rollouts_per_row(qwen2, ids, mask, None, 1, "eager", temperature=1.0)
+    with torch.inference_mode():
+        first = _rollouts_per_row(model, ids, mask, None, 1, "static", temperature=1.0)
+    second = _rollouts_per_row(model, ids, mask, None, 1, "static", temperature=1.0)
+    _assert_same_rollouts(first, expected, "inference mode")
+    _assert_same_rollouts(second, expected, "no_grad after inference mode")
+
+
+# --- rollout batches (issue 17) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "num_prompts, size, expected",
+    [(5, 2, [(0, 2), (2, 4), (4, 5)]), (4, 4, [(0, 4)]), (3, 8, [(0, 3)]), (1, 1, [(0, 1)])],
+)
+def test_rollout_batches(num_prompts, size, expected):
+    from merr1.components.generation import rollout_batches
+
+    assert [(s.start, s.stop) for s in rollout_batches(num_prompts, size)] == expected
+
+
+def test_rollout_batches_rejects_bad_size():
+    from merr1.components.generation import rollout_batches
+
+    with pytest.raises(ValueError, match="rollout_batch_size"):
+        rollout_batches(4, 0)
+
+
+def test_concat_rollouts_right_pads_to_the_widest():
+    from merr1.components.generation import concat_rollouts
+
+    a = Rollouts(torch.tensor([[5, 6, 7]]), torch.tensor([[True, True, True]]), torch.tensor([[-1.0, -2.0, -3.0]]),
+                 torch.tensor([False]))  # fmt: skip
+    b = Rollouts(torch.tensor([[8], [9]]), torch.tensor([[True], [True]]), torch.tensor([[-4.0], [-5.0]]),
+                 torch.tensor([True, True]))  # fmt: skip
+    out = concat_rollouts([a, b], pad_token_id=0)
+    assert out.response_ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 0, 0]]
+    assert out.response_mask.tolist() == [[True] * 3, [True, False, False], [True, False, False]]
+    assert out.logprobs.tolist() == [[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]
+    assert out.finished.tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="at least one"):
+        concat_rollouts([], pad_token_id=0)
+
+
+@pytest.mark.parametrize("name", ["thinker", "qwen2"])
+@pytest.mark.parametrize("rollout_batch_size", [1, 2])
+def test_generate_in_batches_equals_one_call(name, rollout_batch_size, thinker, qwen2):
+    """Per-row generators: batching (with media split per prompt) changes no token."""
+    from merr1.components.generation import generate_in_batches
+
+    model, ids, mask, media = model_and_batch(name, thinker, qwen2)
+    G = 2
+    config = SamplingConfig(max_new_tokens=8, temperature=1.0, suppress_token_ids=media_token_ids(model.config))
+    gens = lambda: [torch.Generator().manual_seed(r) for r in range(len(ids) * G)]  # noqa: E731
+    expected = generate(model, ids, mask, config, num_samples=G, media=media, generator=gens())
+    got = generate_in_batches(
+        model, ids, mask, config, rollout_batch_size=rollout_batch_size, num_samples=G, media=media, generator=gens()
+    )
+    width = int(got.response_mask.sum(-1).max())
+    assert width == got.response_ids.shape[1] == expected.response_ids.shape[1]
+    _assert_same_rollouts(got, expected, f"{name}, batches of {rollout_batch_size}")
+
+
+def test_select_media_picks_prompts_in_order(thinker):
+    from merr1.components.data.collate import select_media
+
+    _, _, media = thinker_batch(thinker, audio_frames=(40, 24, 32), video_grids=((1, 4, 4), (1, 4, 6), (1, 4, 4)),
+                                text_lens=(5, 11, 3))  # fmt: skip
+    picked = select_media(media, 3, torch.tensor([2, 0]))
+    assert torch.equal(picked["input_features"], media["input_features"][[2, 0]])
+    assert picked["video_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 4]]
+    patches = media["pixel_values_videos"].split([16, 24, 16])
+    assert torch.equal(picked["pixel_values_videos"], torch.cat([patches[2], patches[0]]))
+
+
+# --- CUDA graphs (run with -m gpu) ------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _to_cuda(ids, mask, media):
+    media = {k: v.cuda() if torch.is_tensor(v) else v for k, v in (media or {}).items()} or None
+    return ids.cuda(), mask.cuda(), media
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("name", ["thinker", "qwen2"])
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0, top_k=50)], ids=["greedy", "T=1"])
+def test_cuda_graph_decoding_equals_eager_on_gpu(name, sampling, thinker, qwen2):
+    model, ids, mask, media = model_and_batch(name, thinker, qwen2)
+    model = copy.deepcopy(model).cuda()
+    ids, mask, media = _to_cuda(ids, mask, media)
+    expected = _rollouts_per_row(model, ids, mask, media, 3, "eager", max_new_tokens=40, **sampling)
+    static = _rollouts_per_row(model, ids, mask, media, 3, "static", max_new_tokens=40, **sampling)
+    graphs = _rollouts_per_row(model, ids, mask, media, 3, "cuda_graph", max_new_tokens=40, **sampling)
+    _assert_same_rollouts(static, expected, "static vs eager")
+    _assert_same_rollouts(graphs, expected, "cuda_graph vs eager")
+    auto = _rollouts_per_row(model, ids, mask, media, 3, "auto", max_new_tokens=40, **sampling)
+    _assert_same_rollouts(auto, expected, "auto (= cuda_graph on CUDA) vs eager")
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_graphs_are_reused_and_recaptured_when_parameters_move(monkeypatch, qwen2):
+    from merr1.components import generation
+
+    monkeypatch.setattr(generation, "ATTEND_MULTIPLE", 8)  # several graphs per decode
+    model = copy.deepcopy(qwen2).cuda()
+    ids, mask, _ = _to_cuda(*text_batch(), None)
+
+    def rollouts(backend):
+        return _rollouts_per_row(model, ids, mask, None, 2, backend, max_new_tokens=20, temperature=1.0)
+
+    expected = rollouts("eager")
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "first")
+    decoder = generation._DECODERS[model][8]
+    captured = dict(decoder.graphs)
+    assert sorted(captured) == [8, 16, 24, 32]  # prompt 7 + 19 fed tokens
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "replayed")
+    assert all(decoder.graphs[k][0] is captured[k][0] for k in captured)  # replayed, not re-captured
+    model.cpu().cuda()  # new parameter addresses: the graphs are stale
+    _assert_same_rollouts(rollouts("cuda_graph"), expected, "moved")
+    assert all(decoder.graphs[k][0] is not captured[k][0] for k in captured)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_graphs_under_bf16_autocast_match_static_decoding(qwen2):
+    """Graphs captured under autocast do not point into autocast's per-region weight cache."""
+    model = copy.deepcopy(qwen2).cuda()
+    ids, mask, _ = _to_cuda(*text_batch(), None)
+    results = {}
+    for backend in ("static", "cuda_graph", "cuda_graph"):  # the second graph call is a new autocast region
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results.setdefault(backend, []).append(
+                _rollouts_per_row(model, ids, mask, None, 2, backend, max_new_tokens=24, temperature=1.0)
+            )
+    for got in results["cuda_graph"]:
+        _assert_same_rollouts(got, results["static"][0], "bf16 autocast")
+
+
+def _fsdp_cuda_graph_worker(rank: int, world_size: int, store_path: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from merr1.components import generation
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
+    try:
+        model, reference = tiny_thinker(seed=0).cuda(), tiny_thinker(seed=0).cuda()
+        ids, mask, media = _to_cuda(*thinker_batch(model))
+        expected = _rollouts_per_row(reference, ids, mask, media, 2, "eager", temperature=1.0)
+        for layer in model.model.language_model.layers:
+            fully_shard(layer)
+        fully_shard(model.model.audio_tower)
+        fully_shard(model.model.visual)
+        fully_shard(model)
+        for _ in range(2):  # a second rollout phase re-captures on the newly gathered parameters
+            with gathered_parameters(model):
+                got = _rollouts_per_row(model, ids, mask, media, 2, "cuda_graph", temperature=1.0)
+                assert generation._DECODERS[model][4].graphs
+            assert model not in generation._DECODERS  # released with the gathered parameters
+            _assert_same_rollouts(got, expected, "FSDP2 + CUDA graphs")
+        full_ids = torch.cat([ids.repeat_interleave(2, 0), got.response_ids], 1)
+        full_mask = torch.cat([mask.repeat_interleave(2, 0), got.response_mask.long()], 1)
+        loss = model(input_ids=full_ids, attention_mask=full_mask, labels=full_ids, **repeat_media(media, 2, 2)).loss
+        loss.backward()  # training still works after the captures
+        assert torch.isfinite(loss)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@gpu
+def test_fsdp2_cuda_graph_rollouts_on_one_gpu(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_fsdp_cuda_graph_worker, args=(1, os.fspath(tmp_path / "store")), nprocs=1, start_method="spawn")
+
+
+def test_static_decoders_do_not_keep_the_model_alive(qwen2):
+    import gc
+    import weakref
+
+    model = copy.deepcopy(qwen2)
+    ids, mask = text_batch()
+    _rollouts_per_row(model, ids, mask, None, 1, "static")
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -256,3 +256,15 @@ def test_compile_decoder_layers_inductor():
     loss, grads = _loss_and_grads(model, batch)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
     _assert_grads_close(grads, ref_grads, atol=1e-5)
+
+
+def test_call_when_resharded_and_idle_hooks_without_fsdp():
+    """Unsharded models: the callback runs at once, the idle-hooks context is a no-op."""
+    from merr1.components.parallel import call_when_resharded, fsdp_forward_hooks_idle, is_fsdp_sharded
+
+    model = tiny_qwen2(seed=0)
+    calls = []
+    call_when_resharded(model, lambda: calls.append("now"))
+    assert calls == ["now"] and not is_fsdp_sharded(model)
+    with fsdp_forward_hooks_idle(model):
+        model(input_ids=torch.tensor([[11, 12]]))
