@@ -17,7 +17,7 @@ MAX_BYTES=$((40 * 1024 * 1024))
 WHEELS=(
     transformers==5.23.0     # merr1's tested version (the image has 5.17)
     torchtune==0.6.1         # recipes: torchtune.config and the tune CLI
-    torchao==0.15.0          # float8 training (>= 0.16 breaks torchtune 0.6.1, DESIGN.md)
+    torchao==0.15.0          # float8 training (>= 0.16 breaks torchtune 0.6.1, docs/design_notes.md)
     torchdata==0.11.0        # pinned by torchtune 0.6.1
     datasets==5.2.0          # imported by `import torchtune`
     dill==0.4.1              # datasets

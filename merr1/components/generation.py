@@ -564,11 +564,11 @@ def resolve_decode_backend(backend: str, model: nn.Module, device: torch.device)
     """
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"unknown decode_backend {backend!r}; choose one of {DECODE_BACKENDS}")
-    if backend == "eager":
-        return backend
+    if backend == "eager" or (backend == "auto" and device.type != "cuda"):
+        return "eager"
     reason = static_decode_unsupported(model)
     if backend == "auto":
-        return "cuda_graph" if device.type == "cuda" and reason is None else "eager"
+        return "cuda_graph" if reason is None else "eager"
     if backend == "cuda_graph" and device.type != "cuda":
         raise ValueError(f"decode_backend 'cuda_graph' needs a CUDA device, got {device}; use 'static' or 'eager'")
     if reason is not None:
