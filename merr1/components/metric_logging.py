@@ -46,8 +46,6 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from merr1.components.distributed import is_rank_zero
-
 logger = logging.getLogger(__name__)
 
 
@@ -62,7 +60,13 @@ class _JsonlWriter:
         enabled: bool | None,
     ) -> None:
         self.path = path
-        self.enabled = is_rank_zero() if enabled is None else enabled
+        if enabled is None:
+            # Imported here: merr1.components.distributed imports torch, which the JSONL, YAML and
+            # progress helpers of this module do not need (faster scripts; issue 16).
+            from merr1.components.distributed import is_rank_zero
+
+            enabled = is_rank_zero()
+        self.enabled = enabled
         self._strictly_increasing = strictly_increasing
         self.last_step: int | None = None
         self.nonfinite_counts: Counter[str] = Counter()
