@@ -193,22 +193,27 @@ def test_with_torchtune_tensorboard_logger_read_back(tmp_path):
 
 
 def test_metric_logger_config_section_via_torchtune_config(tmp_path):
-    """`metric_logger: null` in a config, switched on from the command line as in the README."""
-    from torchtune import config
+    """`metric_logger: null` in a YAML, switched on by the README's command-line overrides
+    (torchtune's own YAML + CLI merge), then instantiated as the recipe does."""
+    from argparse import Namespace
 
-    base = OmegaConf.create({"output_dir": str(tmp_path), "metric_logger": None})
-    overrides = OmegaConf.from_dotlist(
-        [
-            "metric_logger._component_=torchtune.training.metric_logging.DiskLogger",
-            f"metric_logger.log_dir={tmp_path}/logs",
-            "metric_logger.filename=log.txt",
-        ]
-    )
-    cfg = OmegaConf.merge(base, overrides)
+    from torchtune import config
+    from torchtune.config._utils import _merge_yaml_and_cli_args
+
+    yaml_args = Namespace(output_dir=str(tmp_path), metric_logger=None)
+    overrides = [
+        "metric_logger._component_=torchtune.training.metric_logging.DiskLogger",
+        f"metric_logger.log_dir={tmp_path}/logs",
+        "metric_logger.filename=log.txt",
+    ]
+    cfg = _merge_yaml_and_cli_args(yaml_args, overrides)
     backend = config.instantiate(cfg.metric_logger)
     with MetricLogger(tmp_path, enabled=True, backend=backend) as logger:
+        logger.log_config(cfg)
         logger.log(1, {"loss": 2.0})
     assert (tmp_path / "logs" / "log.txt").read_text() == "Step 1 | loss:2.0 \n"
+    assert (tmp_path / "torchtune_config.yaml").is_file()
+    assert _merge_yaml_and_cli_args(Namespace(metric_logger=None), []).metric_logger is None  # default: JSONL only
 
 
 # ----------------------------------------------------------------------------- progress and postfix
