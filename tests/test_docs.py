@@ -13,24 +13,23 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)
 
 
-def test_the_example_reward_of_the_reward_contract_runs():
-    from merr1.rewards import RewardBatch
+def test_the_example_reward_of_the_reward_contract_runs_and_is_the_shipped_one():
+    from merr1.rewards import LengthPenalty, RewardBatch
 
     (code,) = _python_blocks(REPO_ROOT / "docs" / "rewards.md")
     namespace: dict = {}
     exec(compile(code, "docs/rewards.md", "exec"), namespace)  # noqa: S102
-    reward = namespace["ReasoningLengthPenalty"](target_words=4)
+    example = namespace["LengthPenalty"](max_length=8, buffer=4)
+    shipped = LengthPenalty(max_length=8, buffer=4)
     batch = RewardBatch(
-        responses=[["<think>a b c</think><answer>happy</answer>", "<think>a b c d e f</think><answer>sad</answer>"],
-                   ["no tags", "<think>" + "w " * 8 + "</think>"]],
+        responses=[["a b c d", "a b c d e f"], ["w " * 8, "w " * 20]],  # 4, 6, 8, 20 words
         labels=[["happy"], ["sad"]],
     )  # fmt: skip
-    out = reward(batch)
-    assert reward.outputs == ("length",) and set(out.rewards) == {"length"}
-    assert out.rewards["length"].tolist() == [[0.0, -0.5], [0.0, -1.0]]  # (6 - 4) / 4, (8 - 4) / 4
-    assert out.metrics["think_words"].tolist() == [[3.0, 6.0], [0.0, 8.0]]
-    with pytest.raises(ValueError, match="target_words"):
-        namespace["ReasoningLengthPenalty"](target_words=0)
+    expected = [[0.0, -0.5], [-1.0, -1.0]]  # threshold 4: (4 - 6) / 4, (4 - 8) / 4, capped at -1
+    assert example(batch).rewards["length"].tolist() == expected == shipped(batch).rewards["length"].tolist()
+    assert example.outputs == shipped.outputs == ("length",)
+    with pytest.raises(ValueError, match="unit"):
+        namespace["LengthPenalty"](max_length=8, buffer=4, unit="tokens")
 
 
 def test_docs_pages_linked_from_code_exist():

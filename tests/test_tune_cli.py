@@ -7,6 +7,7 @@ recipe in tests/recipes/test_<recipe>.py (`test_every_recipe_runs_by_path_on_one
 checks that they do).
 """
 
+import os
 import subprocess
 import sys
 
@@ -59,13 +60,51 @@ def test_config_header_launch_line_parsing(tmp_path):
         assert tune_cli_ext.config_recipe_name(path) == expected, text
 
 
-def test_tune_ls_lists_merr1_next_to_torchtune():
+def test_tune_ls_lists_merr1_first_then_torchtune():
     out = tune(["ls"]).stdout
     assert "full_finetune_distributed" in out  # torchtune's own
+    first_torchtune = out.index("full_finetune_distributed")
     for recipe in tune_cli_ext.discover():
-        assert recipe.name in out
+        assert recipe.name in out[:first_torchtune], f"{recipe.name} is not listed before torchtune's recipes"
         for config_name, _ in recipe.configs:
-            assert config_name in out
+            assert config_name in out[:first_torchtune]
+
+
+def test_merr1_tune_ls_lists_only_merr1_without_importing_torchtune():
+    """`merr1-tune ls` (tune_cli_ext:main_merr1): torchtune's table of merr1's recipes only, and no torchtune import."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    code = (
+        "import sys, tune_cli_ext; sys.argv = ['merr1-tune', 'ls']; tune_cli_ext.main_merr1()\n"
+        "assert 'torchtune' not in sys.modules, 'merr1-tune ls imported torchtune'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # The same table torchtune's own `ls` prints for a registry holding merr1's recipes only.
+    code = (
+        "import sys, tune_cli_ext\n"
+        "from torchtune._recipe_registry import get_all_recipes\n"
+        "mine = tune_cli_ext.register(); registry = get_all_recipes()\n"
+        "registry[:] = [r for r in registry if r.name in mine]\n"
+        "sys.argv = ['tune', 'ls']\n"
+        "from torchtune._cli.tune import main; main()\n"
+    )
+    reference = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    assert proc.stdout == reference.stdout
+    assert "full_finetune_distributed" not in proc.stdout
+    for recipe in tune_cli_ext.discover():
+        for config_name, _ in recipe.configs:
+            assert config_name in proc.stdout
+
+
+def test_register_is_idempotent_and_puts_merr1_first():
+    from torchtune._recipe_registry import get_all_recipes
+
+    mine = tune_cli_ext.register()
+    before = [r.name for r in get_all_recipes()]
+    assert tune_cli_ext.register() == mine
+    after = [r.name for r in get_all_recipes()]
+    assert after == before and after[: len(mine)] == mine
 
 
 def test_tune_cp_recipe_and_config(tmp_path):

@@ -50,9 +50,6 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from merr1.components import diagnostics
 from merr1.components.emotion_wheel import EmotionWheels
 from merr1.components.metric_logging import atomic_write_text, fsync_dir
 from merr1.score import score_basic_f1, score_hitrate, score_ovmerd, score_sentiment
@@ -262,7 +259,7 @@ def slow_fast_diagnostics(
     records: Mapping[str, Mapping[str, Mapping[str, Any]]],
     scores: Mapping[str, Mapping[str, Any]],
     wheels: EmotionWheels | None = None,
-    num_hard_negatives: int = diagnostics.NUM_HARD_NEGATIVES,
+    num_hard_negatives: int | None = None,
 ) -> dict[str, Any]:
     """Recall/precision gaps, predicted-category counts, GT confidence and margin, retained hits.
 
@@ -271,8 +268,17 @@ def slow_fast_diagnostics(
         records: mode -> name -> prediction record (``answer``, ``answer_start_log_conf``).
         scores: mode -> ``score_mode`` output (precision/recall).
         wheels: default ``EmotionWheels.load()``.
-        num_hard_negatives: size of the margin's hard-negative set.
+        num_hard_negatives: size of the margin's hard-negative set (default
+            ``diagnostics.NUM_HARD_NEGATIVES``, 3).
     """
+    # Imported here: torch is only needed for the diagnostics, and the table/report helpers of
+    # this module (scripts/quickstart_report.py) then start without it (issue 16).
+    import torch
+
+    from merr1.components import diagnostics
+
+    if num_hard_negatives is None:
+        num_hard_negatives = diagnostics.NUM_HARD_NEGATIVES
     wheels = wheels or EmotionWheels.load()
     names = list(labels)
     gt = [wheels.map_text_packed(labels[n]) for n in names]

@@ -1,6 +1,13 @@
-"""Metric and sample logs the recipes write, the stdout summary line, and the saved config.
+"""Metric and sample logs the recipes write, progress bars, the stdout summary line, the saved config.
 
 ``{output_dir}/metrics.jsonl`` holds one JSON object per optimizer step, ``{"step": N, ...}``.
+It is always written: it is the source of truth for resume and for ``python -m merr1.plot``.
+Next to it, any torchtune metric logger (``torchtune.training.metric_logging.DiskLogger``,
+``TensorBoardLogger``, ``WandBLogger``, ``CometLogger``, ``MLFlowLogger``) or any object with the
+same four methods (``log(name, data, step)``, ``log_dict(payload, step)``, ``log_config(config)``,
+``close()``) can receive every step as well: the recipe instantiates the config's
+``metric_logger`` section (on rank 0) and passes it as ``MetricLogger(..., backend=...)``; this
+module never imports torchtune.
 Choices:
 
 - Only rank 0 writes (the recipe reduces metrics over ranks first, see
@@ -15,6 +22,14 @@ Choices:
   steps after the checkpoint are logged again by the resumed run, so no step appears twice and
   nothing logged up to the checkpoint is lost. A torn last line (crash mid-write) is dropped.
   Without ``resume_step`` an existing file is replaced (a fresh run).
+- The backend gets the numbers only (``backend_scalars``): ints, floats (NaN and inf as they are:
+  TensorBoard and W&B draw them as gaps/markers) and one-element tensors/arrays; strings, lists
+  and None stay in the JSONL file only. The backend cannot be rewound: after a resume it receives
+  the re-run steps again (TensorBoard shows both points; W&B drops steps below its current one
+  unless the run is resumed under the same id, see the README).
+- Progress bars (``progress_bar``): tqdm, live in a terminal; outside one (a log file, a SLURM
+  output) one plain line about every ``MERR1_PROGRESS_INTERVAL_S`` seconds (default 30) instead
+  of a carriage-return refresh per step.
 """
 
 from __future__ import annotations
@@ -23,12 +38,13 @@ import json
 import logging
 import math
 import os
+import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from merr1.components.distributed import is_rank_zero
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +60,13 @@ class _JsonlWriter:
         enabled: bool | None,
     ) -> None:
         self.path = path
-        self.enabled = is_rank_zero() if enabled is None else enabled
+        if enabled is None:
+            # Imported here: merr1.components.distributed imports torch, which the JSONL, YAML and
+            # progress helpers of this module do not need (faster scripts; issue 16).
+            from merr1.components.distributed import is_rank_zero
+
+            enabled = is_rank_zero()
+        self.enabled = enabled
         self._strictly_increasing = strictly_increasing
         self.last_step: int | None = None
         self.nonfinite_counts: Counter[str] = Counter()
@@ -100,15 +122,58 @@ class _JsonlWriter:
         self.close()
 
 
+METRIC_LOGGER_METHODS = ("log", "log_dict", "log_config", "close")
+
+
+def check_metric_logger(backend: Any) -> Any:
+    """Return ``backend`` if it has torchtune's metric-logger methods, else raise ``ValueError``.
+
+    Args:
+        backend: e.g. the instantiated ``metric_logger`` config section.
+    """
+    missing = [name for name in METRIC_LOGGER_METHODS if not callable(getattr(backend, name, None))]
+    if missing:
+        raise ValueError(
+            f"metric_logger: {type(backend).__name__} has no method(s) {missing}; a metric logger needs "
+            "log(name, data, step), log_dict(payload, step), log_config(config) and close(), like "
+            "torchtune.training.metric_logging.DiskLogger, TensorBoardLogger or WandBLogger"
+        )
+    return backend
+
+
+def backend_scalars(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """The numbers of a metrics dict, for a torchtune-style logger (module docstring).
+
+    bool -> int; int and float as they are (NaN/inf included); one-element tensors and numpy values
+    -> Python numbers; everything else (strings, lists, None, larger tensors) is left out.
+    """
+    out: dict[str, int | float] = {}
+    for key, value in metrics.items():
+        if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
+            value = value.tolist()
+            while isinstance(value, list) and len(value) == 1:
+                value = value[0]
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    return out
+
+
 class MetricLogger(_JsonlWriter):
-    """``{output_dir}/metrics.jsonl``: one JSON object per optimizer step (see module docstring).
+    """``{output_dir}/metrics.jsonl``: one JSON object per optimizer step (see module docstring),
+    and optionally the same numbers to a torchtune-style ``backend``.
 
     Args:
         output_dir: run directory (created if needed).
         filename: file name inside ``output_dir``.
         resume_step: the step of the checkpoint a resumed run starts from; lines with a larger
             step are removed. ``None`` starts a fresh file.
-        enabled: write or not; ``None`` means "on global rank 0 only".
+        enabled: write or not; ``None`` means "on global rank 0 only". A disabled logger never
+            calls the backend.
+        backend: a metric logger with ``log``, ``log_dict``, ``log_config`` and ``close`` (any
+            ``torchtune.training.metric_logging`` class); ``None`` = the JSONL file only. The
+            MetricLogger owns it: ``close()`` closes it.
     """
 
     def __init__(
@@ -117,12 +182,30 @@ class MetricLogger(_JsonlWriter):
         filename: str = "metrics.jsonl",
         resume_step: int | None = None,
         enabled: bool | None = None,
+        backend: Any = None,
     ) -> None:
+        self.backend = None if backend is None else check_metric_logger(backend)
         super().__init__(Path(output_dir) / filename, resume_step, strictly_increasing=True, enabled=enabled)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Write ``{"step": step, **metrics}``; ``step`` must increase from call to call."""
+        """Write ``{"step": step, **metrics}`` (``step`` must increase from call to call), then
+        pass the numbers to the backend."""
         self._write(step, metrics)
+        if self.enabled and self.backend is not None:
+            self.backend.log_dict(backend_scalars(metrics), step)
+
+    def log_config(self, config: Any) -> None:
+        """Hand the run's config to the backend (torchtune's loggers expect the OmegaConf
+        ``DictConfig`` the recipe received; W&B stores it with the run). No-op without a backend;
+        the resolved config is saved as ``config.yaml`` by ``save_config`` either way."""
+        if self.enabled and self.backend is not None:
+            self.backend.log_config(config)
+
+    def close(self) -> None:
+        super().close()
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            backend.close()
 
 
 class SampleLogger(_JsonlWriter):
@@ -223,6 +306,127 @@ def format_metrics(metrics: Mapping[str, Any], keys: Sequence[str] | None = None
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def grpo_postfix(
+    metrics: Mapping[str, Any], reward_names: Iterable[str], extra: Sequence[str] = ("loss", "time/step")
+) -> str:
+    """The GRPO progress-bar postfix: every reward the advantage groups use, then ``extra``.
+
+    Recall and precision come first (always logged), then each name of ``reward_names`` in order
+    (duplicates once), as ``<name>=<reward/<name>/mean>``; rewards that were not logged are skipped.
+
+    Args:
+        metrics: one step's metrics (``reward/<name>/mean`` keys).
+        reward_names: e.g. ``[r for g in advantage.groups for r, _ in g.rewards]``.
+        extra: further metric keys, shown as they are.
+
+    Returns:
+        e.g. ``recall=0.539 precision=0.776 cali_pos=0.256 format=0.938 loss=-1.4e-08 time/step=0.611``.
+    """
+    names = list(dict.fromkeys(["recall", "precision", *reward_names]))
+    shown = {name: metrics[f"reward/{name}/mean"] for name in names if f"reward/{name}/mean" in metrics}
+    shown.update({key: metrics[key] for key in extra if key in metrics})
+    return " ".join(f"{key}={_short(value)}" for key, value in shown.items())
+
+
+def _short(value: Any) -> str:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def should_log_samples(step: int, every_n_steps: int) -> bool:
+    """Whether a 1-based ``step`` writes samples: the first step, then every ``every_n_steps``
+    (so a run shorter than ``every_n_steps`` still shows what the policy writes)."""
+    if every_n_steps < 1:
+        raise ValueError(f"log_samples_every_n_steps must be >= 1, got {every_n_steps}")
+    return step == 1 or step % every_n_steps == 0
+
+
+PROGRESS_INTERVAL_ENV = "MERR1_PROGRESS_INTERVAL_S"
+DEFAULT_PROGRESS_INTERVAL_S = 30.0
+
+
+class _LineWriter:
+    """A file for tqdm that turns its carriage-return refreshes into plain lines (log files)."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self._file.write(line + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class _Progress(tqdm):
+    """tqdm whose ``set_postfix_str``/``set_postfix`` redraw only in a terminal; outside one the
+    new postfix shows on the next line that ``mininterval`` lets through."""
+
+    def __init__(self, *args, live: bool, **kwargs) -> None:
+        self._live = live
+        super().__init__(*args, **kwargs)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        super().set_postfix_str(s, refresh=refresh and self._live)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=refresh and self._live, **kwargs)
+
+
+def progress_interval_s(value: float | None = None) -> float:
+    """Seconds between progress lines outside a terminal: ``value``, else the environment
+    variable ``MERR1_PROGRESS_INTERVAL_S``, else 30."""
+    if value is None:
+        text = os.environ.get(PROGRESS_INTERVAL_ENV)
+        if text is None:
+            return DEFAULT_PROGRESS_INTERVAL_S
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{PROGRESS_INTERVAL_ENV} must be a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise ValueError(f"the progress interval must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def progress_bar(
+    total: int,
+    desc: str,
+    *,
+    initial: int = 0,
+    disable: bool = False,
+    file: TextIO | None = None,
+    interval_s: float | None = None,
+) -> tqdm:
+    """A tqdm progress bar for training and evaluation loops.
+
+    In a terminal (``file.isatty()``): tqdm as usual (live, resized with the window). Elsewhere
+    (piped to a file, a SLURM log): ASCII lines, each a full line, at most one every
+    ``interval_s`` seconds (plus the first and the last), and ``set_postfix_str`` never forces
+    one: a 2,000-step run logs a few dozen lines, not thousands of refreshes.
+
+    Args:
+        total: number of steps.
+        desc: label in front of the bar.
+        initial: steps already done (a resumed run).
+        disable: no output at all (non-zero ranks).
+        file: where to write; default ``sys.stderr``.
+        interval_s: seconds between lines outside a terminal; ``None`` = ``progress_interval_s()``.
+    """
+    file = sys.stderr if file is None else file
+    isatty = getattr(file, "isatty", None)
+    if callable(isatty) and isatty():
+        return _Progress(total=total, initial=initial, desc=desc, disable=disable, file=file,
+                         dynamic_ncols=True, live=True)  # fmt: skip
+    return _Progress(
+        total=total, initial=initial, desc=desc, disable=disable, file=_LineWriter(file), live=False,
+        mininterval=progress_interval_s(interval_s), maxinterval=float("inf"), miniters=1, ascii=True, ncols=100,
+    )  # fmt: skip
 
 
 def save_config(cfg_dict: Mapping[str, Any], path: str | os.PathLike) -> Path:

@@ -1,12 +1,16 @@
-"""The qwen2_5_omni/ configs through the literal `tune run` commands of their headers (issues 5 and 6).
+"""The GRPO/SFT configs through the literal `tune run` commands of their headers (issues 5, 6 and 16).
 
-Every GRPO variant config (every file in ``qwen2_5_omni/variants/``, found by glob, plus the main
-MER-R1 configs) and both SFT configs run 2 steps on the tiny Thinker on CPU with ONE shared list
-of overrides (``TINY``): the model, checkpoint, data, prompt, device and sizes are swapped, while
-the rewards, calibration, advantage groups, loss and generation settings of each config run as
-written. Static tests check what the runs cannot: paper hyper-parameters, that a variant differs
-from ``7B_grpo_mer_r1.yaml`` only in the lines that define it, and that its advantage groups are
-the ones tested as formulas in ``tests/merr1/components/test_advantages.py``.
+The main MER-R1 configs (7B and 3B) and both SFT configs run 2 steps on the tiny Thinker on CPU
+with ONE shared list of overrides (``TINY``): the model, checkpoint, data, prompt, device and
+sizes are swapped, while the rewards, calibration, advantage groups, loss and generation settings
+run as written. Every paper variant runs 2 steps through its tiny CPU twin in ``debug/variants/``
+(``debug/grpo_mer_r1_tiny`` plus the variant's lines), and static tests tie the pieces together:
+a 7B variant differs from ``7B_grpo_mer_r1.yaml`` only in the lines that define it, its tiny twin
+differs from ``debug/grpo_mer_r1_tiny.yaml`` only in those keys and holds the same advantage
+groups, reward components (with their settings, up to the CPU demo's strict format and
+duplicate-word penalty), calibration and response format, and the advantage groups are the ones
+tested as formulas in ``tests/merr1/components/test_advantages.py``. So the 7B variants' sections
+run through the tiny twins, and every other key of theirs runs through the main 7B config.
 
 Speed: each ``tune run`` costs ~12 s of imports here, so the runs are launched up front, two at a
 time (``NUM_PARALLEL``), by a module fixture; each test then waits for its own run.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -35,6 +40,8 @@ VARIANT_CONFIGS = sorted((OMNI / "variants").glob("*.yaml"))  # a new variant fi
 GRPO_CONFIGS = VARIANT_CONFIGS + [MAIN_GRPO, OMNI / "3B_grpo_mer_r1_single_device.yaml"]
 SFT_CONFIGS = [OMNI / "7B_sft.yaml", OMNI / "3B_sft_single_device.yaml"]
 DEBUG_GRPO = CONFIG_ROOT / "debug" / "grpo_mer_r1_tiny.yaml"
+DEBUG_VARIANTS = CONFIG_ROOT / "debug" / "variants"
+DEBUG_VARIANT_CONFIGS = sorted(DEBUG_VARIANTS.glob("*.yaml"))
 SAMPLE_DIR = "data/sample"  # relative to the repo root, shared with the other recipe tests
 NUM_PARALLEL = max(1, min(2, os.cpu_count() or 1))
 NUM_STEPS = 2
@@ -64,6 +71,20 @@ VARIANT_KEYS = (
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b.c": leaf} (lists are leaves)."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def changed_keys_outside(base: dict, other: dict, allowed: list[str] | tuple[str, ...]) -> list[str]:
+    """Flattened keys whose value differs between two configs and that no ``allowed`` prefix covers."""
+    a, b = flatten(base), flatten(other)
+    changed = {k for k in a.keys() | b.keys() if a.get(k, "<missing>") != b.get(k, "<missing>")}
+    return sorted(k for k in changed if not any(k == p or k.startswith(p + ".") for p in allowed))
 
 
 def config_name(path: Path) -> str:
@@ -108,6 +129,8 @@ TINY = [
     "save_every_n_steps=null",
 ]
 GRPO_ONLY = ["num_generations=2", "generation.max_new_tokens=16"]
+# The tiny twins only get smaller: 2 steps of 2 prompts x G=2.
+DEBUG_SHORT = [f"max_steps_per_epoch={NUM_STEPS}", "batch_size=2", "gradient_accumulation_steps=1", *GRPO_ONLY]
 
 
 def run_launch_line(path: Path, out_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
@@ -116,11 +139,19 @@ def run_launch_line(path: Path, out_dir: Path, overrides: list[str]) -> subproce
     return tune_run(recipe, name, [f"output_dir={out_dir}", *overrides], check=False, timeout=600)
 
 
+def tiny_twin(path: Path) -> Path:
+    """debug/variants/grpo_<variant>_tiny.yaml of qwen2_5_omni/variants/7B_grpo_<variant>.yaml."""
+    return DEBUG_VARIANTS / f"grpo_{path.stem.removeprefix('7B_grpo_')}_tiny.yaml"
+
+
 # Run id -> (config file, overrides). Every shipped config keeps beta = 0, so the beta > 0 path
 # (a reference model is built) runs once more on the main config through an override.
 BETA_RUN = "qwen2_5_omni/7B_grpo_mer_r1+beta"
+MAIN_GRPO_CONFIGS = [MAIN_GRPO, OMNI / "3B_grpo_mer_r1_single_device.yaml"]
+RUN_GRPO_CONFIGS = DEBUG_VARIANT_CONFIGS + MAIN_GRPO_CONFIGS
 RUNS = {
-    **{config_name(p): (p, TINY + GRPO_ONLY) for p in GRPO_CONFIGS},
+    **{config_name(p): (p, DEBUG_SHORT) for p in DEBUG_VARIANT_CONFIGS},
+    **{config_name(p): (p, TINY + GRPO_ONLY) for p in MAIN_GRPO_CONFIGS},
     **{config_name(p): (p, TINY) for p in SFT_CONFIGS},
     BETA_RUN: (MAIN_GRPO, TINY + GRPO_ONLY + ["loss.beta=0.04"]),
 }
@@ -173,7 +204,7 @@ def assert_finite(row: dict, key: str) -> None:
 # ----------------------------------------------------------------------------------- runs
 
 
-@pytest.mark.parametrize("config", [config_name(p) for p in GRPO_CONFIGS])
+@pytest.mark.parametrize("config", [config_name(p) for p in RUN_GRPO_CONFIGS])
 def test_grpo_config_runs_two_steps_on_the_tiny_model(config, runs):
     cfg = load(CONFIG_ROOT / f"{config}.yaml")
     _, log, rows = finished_run(runs, config)
@@ -229,18 +260,61 @@ def test_header_launch_line_names_the_recipe_and_this_config(path):
 
 @pytest.mark.parametrize("path", VARIANT_CONFIGS, ids=config_name)
 def test_variant_differs_from_mer_r1_only_in_its_defining_lines(path):
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    main, variant = flat(load(MAIN_GRPO)), flat(load(path))
-    changed = {k for k in main.keys() | variant.keys() if main.get(k, "<missing>") != variant.get(k, "<missing>")}
-    outside = sorted(k for k in changed if not any(k == p or k.startswith(p + ".") for p in VARIANT_KEYS))
+    outside = changed_keys_outside(load(MAIN_GRPO), load(path), VARIANT_KEYS)
     assert outside == [], f"{path.name} changes more than the variant: {outside}"
     text = path.read_text()
     assert "Diff from 7B_grpo_mer_r1:" in text
     assert re.search(r"Paper's number[^\n]*(\d\d\.\d\d?|gives no number)", text), "header must cite the paper's number"
+
+
+def _reward_defaults(component: str) -> dict:
+    module, cls = component.rsplit(".", 1)
+    signature = inspect.signature(getattr(importlib.import_module(module), cls))
+    return {name: p.default for name, p in signature.parameters.items() if p.default is not p.empty}
+
+
+# The CPU demo's deviations from the paper (debug/grpo_mer_r1_tiny's header): on in every tiny twin.
+DEMO_REWARD_SETTINGS = {"duplicate_penalty": True, "strict": True}
+
+
+def test_every_7B_variant_has_a_tiny_twin():
+    twins = {tiny_twin(p) for p in VARIANT_CONFIGS}
+    assert set(DEBUG_VARIANT_CONFIGS) == twins, sorted(str(p) for p in set(DEBUG_VARIANT_CONFIGS) ^ twins)
+
+
+@pytest.mark.parametrize("path", VARIANT_CONFIGS, ids=config_name)
+def test_tiny_twin_is_the_tiny_config_plus_the_variant_lines(path):
+    """debug/variants/grpo_X_tiny = debug/grpo_mer_r1_tiny with the variant's sections of 7B_grpo_X."""
+    twin, variant, tiny = load(tiny_twin(path)), load(path), load(DEBUG_GRPO)
+
+    outside = changed_keys_outside(tiny, twin, [k for k in VARIANT_KEYS if k != "checkpoint_dir"])
+    assert outside == [], f"{tiny_twin(path).name} changes more than the variant: {outside}"
+    assert twin["advantage"]["groups"] == variant["advantage"]["groups"]
+    assert twin["dataset"].get("response_format", "mer_r1") == variant["dataset"]["response_format"]
+    assert twin["generation"]["stop_strings"] == variant["generation"]["stop_strings"]
+    assert twin["metrics_answer_scheme"] == variant["metrics_answer_scheme"]
+    assert (twin["calibration"] is None) == (variant["calibration"] is None)
+    if variant["calibration"] is not None:
+        assert twin["calibration"]["confidence"] == variant["calibration"]["confidence"]
+    assert [r["_component_"] for r in twin["rewards"]] == [r["_component_"] for r in variant["rewards"]]
+    for mine, theirs in zip(twin["rewards"], variant["rewards"]):
+        defaults = _reward_defaults(mine["_component_"])
+        for key in mine.keys() | theirs.keys():
+            if key == "_component_":
+                continue
+            if key in DEMO_REWARD_SETTINGS and key in defaults:
+                assert mine.get(key) == DEMO_REWARD_SETTINGS[key], (mine["_component_"], key)
+                continue
+            assert mine.get(key, defaults.get(key)) == theirs.get(key, defaults.get(key)), (mine["_component_"], key)
+
+
+@pytest.mark.parametrize("path", DEBUG_VARIANT_CONFIGS, ids=config_name)
+def test_tiny_twin_header_launches_itself(path):
+    flags, recipe, name, _ = launch_line(path)
+    assert (flags, recipe, name) == ([], "grpo_mer_r1_distributed", config_name(path))
+    text = path.read_text()
+    assert "Diff from debug/grpo_mer_r1_tiny:" in text and "Override example" in text
+    assert f"qwen2_5_omni/variants/7B_{path.stem.removesuffix('_tiny')}.yaml" in text
 
 
 def _test_advantages_variants() -> dict[str, str]:

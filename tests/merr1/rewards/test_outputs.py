@@ -9,6 +9,7 @@ from merr1.rewards import (
     EmotionSetRewards,
     F1Reward,
     FormatReward,
+    LengthPenalty,
     PrecisionReward,
     RecallReward,
     ReflectiveRewards,
@@ -28,7 +29,7 @@ CALIBRATION = CalibrationInputs(
 @pytest.mark.parametrize(
     "reward",
     [RecallReward(), PrecisionReward(), F1Reward(), EmotionSetRewards(), FormatReward(), VideoAutoAnswerRewards(),
-     CalibrationRewards(), ReflectiveRewards()],
+     CalibrationRewards(), ReflectiveRewards(), LengthPenalty(max_length=8, buffer=4)],
     ids=lambda r: type(r).__name__,
 )
 def test_returned_names_are_the_declared_outputs(reward):
