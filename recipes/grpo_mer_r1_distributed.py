@@ -46,6 +46,7 @@ from merr1.components.config_checks import Above, AtLeast, Component, check_conf
 from merr1.components.data import PromptCollator
 from merr1.components.data.collate import select_media
 from merr1.components.data.prompts import recheck_prompt_ids
+from merr1.components.emotion_wheel import ANSWER_SCHEMES
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids, teacher_forced_logits
 from merr1.components.metric_logging import SampleLogger
 from merr1.components.models import is_thinker, resolve_dtype
@@ -79,7 +80,7 @@ CONFIG_SPEC = {
     "calibration": Component(optional=True),
     "advantage": Component(),
     "loss": Component(),
-    "metrics_answer_scheme": Literal["answer", "boxed"],
+    "metrics_answer_scheme": Literal[ANSWER_SCHEMES],
     "log_samples_every_n_steps": PositiveInt,
     "num_logged_samples": Annotated[int, AtLeast(0)],
 }
