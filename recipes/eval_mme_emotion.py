@@ -105,10 +105,12 @@ class EvalMMEEmotionRecipe:
             raise ValueError(f"tasks must be a non-empty list of distinct tasks of {list(mme_emotion.TASKS)}")
         if not self._modes or len(set(self._modes)) != len(self._modes) or set(self._modes) - set(MODES):
             raise ValueError(f"modes must be a non-empty list of distinct modes of {list(MODES)}, got {self._modes}")
-        for key in ("batch_size", "max_samples"):
-            value = cfg[key]
-            if not (value is None and key == "max_samples") and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key} must be a positive integer{' or null' * (key == 'max_samples')}, got {value!r}")
+        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+        if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
+        if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 1):
+            raise ValueError(f"max_samples must be a positive integer or null (all), got {cfg.max_samples!r}")
         self._batch_size, self._max_samples = cfg.batch_size, cfg.max_samples
         self._resume = bool(cfg.resume)
         self._cache_path = Path(cfg.cache_path)
@@ -126,7 +128,7 @@ class EvalMMEEmotionRecipe:
                       for task in self._tasks for mode in self._modes}  # fmt: skip
         self._answer_settings = {key: cfg_dict[key] for key in ANSWER_SETTING_KEYS}
         self._check_settings(self._answer_settings)
-        self._extractor_cfg, self._judge_cfg = cfg.extractor, cfg.judge
+        self._backends = self._setup_backends(cfg)
         self._collator = config.instantiate(cfg.collator, self._tokenizer)
         self._num_workers = cfg.num_workers
         self._model = self._setup_model(cfg)
@@ -142,6 +144,20 @@ class EvalMMEEmotionRecipe:
             sizes = ", ".join(f"{t}: {len(self._data[t, self._modes[0]])}" for t in self._tasks)
             log.info("MME-Emotion: %s; modes %s; %d ranks; %.1fM parameters", sizes, self._modes, self._world_size,
                      sum(p.numel() for p in self._model.parameters()) / 1e6)  # fmt: skip
+
+    def _setup_backends(self, cfg: DictConfig) -> dict[str, Any]:
+        """Rank 0 builds the extractor and judge backends now, so that a bad component or a
+        missing API key fails before stage A (local models are loaded only when first used)."""
+        backends, problem = {}, None
+        if self._is_rank_zero:
+            try:
+                backends = {"C": config.instantiate(cfg.extractor), "D": config.instantiate(cfg.judge)}
+            except (ValueError, TypeError, ImportError, AttributeError) as e:
+                problem = f"extractor/judge config: {type(e).__name__}: {e}"
+        problem = self._broadcast(problem)
+        if problem:
+            raise ValueError(problem)
+        return backends
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
         """Stored answers must come from the same settings; ``resume: false`` deletes old outputs."""
@@ -177,8 +193,8 @@ class EvalMMEEmotionRecipe:
         if not self._is_rank_zero:
             return
         cache = RequestCache(self._cache_path)
-        steps = self._run_stage("C", self._extractor_cfg, cache, self._extract_steps, "steps")
-        judged = self._run_stage("D", self._judge_cfg, cache, lambda b, c, t, m: self._judge(b, c, t, m, steps[t, m]), "judged")
+        steps = self._run_stage("C", cache, self._extract_steps, "steps")
+        judged = self._run_stage("D", cache, lambda b, c, t, m: self._judge(b, c, t, m, steps[t, m]), "judged")
         report = self._report(judged)
         atomic_write_text(self._output_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
         print(mme_emotion.format_report(report), flush=True)
@@ -226,10 +242,10 @@ class EvalMMEEmotionRecipe:
                             "num_response_tokens": int(response_mask[b].sum())})  # fmt: skip
         return records
 
-    def _run_stage(self, stage: str, backend_cfg: DictConfig, cache: RequestCache, run, folder: str) -> dict:
-        """Build the stage's backend, run ``run(backend, cache, task, mode)`` for every task and
+    def _run_stage(self, stage: str, cache: RequestCache, run, folder: str) -> dict:
+        """Run ``run(backend, cache, task, mode)`` with the stage's backend for every task and
         mode, write each result list to ``{folder}/<mode>/<TASK>.json``, free the backend."""
-        backend = config.instantiate(backend_cfg)
+        backend = self._backends[stage]
         self._runtime[f"backend.{stage}"] = backend.describe()
         start, results = time.perf_counter(), {}
         try:

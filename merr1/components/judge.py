@@ -209,8 +209,9 @@ def run_cached(
                  len(keys) - num_cached - len(todo), len(todo))  # fmt: skip
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, dynamic_ncols=True)
     by_key: dict[str, ChatReply] = {}
+    replies_in = backend.complete([requests[i] for i in todo]) if todo else ()  # all cached: no model to load
     try:
-        for j, reply in backend.complete([requests[i] for i in todo]):
+        for j, reply in replies_in:
             key = keys[todo[j]]
             by_key[key] = reply
             if reply.error is None:
