@@ -126,18 +126,18 @@ class EvalMMEEmotionRecipe:
         # Data first: a missing file or a bad row (strict) fails before the model is built.
         self._data = {(task, mode): config.instantiate(cfg.data, self._tokenizer, task=task, mode=mode)
                       for task in self._tasks for mode in self._modes}  # fmt: skip
+        self._backends = self._setup_backends(cfg)
         self._answer_settings = {key: cfg_dict[key] for key in ANSWER_SETTING_KEYS}
         self._check_settings(self._answer_settings)
-        self._backends = self._setup_backends(cfg)
         self._collator = config.instantiate(cfg.collator, self._tokenizer)
         self._num_workers = cfg.num_workers
         self._model = self._setup_model(cfg)
-        tok = self._tokenizer
+        tok, stops = self._tokenizer, list(cfg.sampling.stop_strings)
         self._sampling = SamplingConfig(
             max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k, eos_token_ids=stop_token_ids(tok),
             pad_token_id=tok.pad_token_id, suppress_token_ids=media_token_ids(self._model.config),
-            stop_strings=StopStrings.from_tokenizer(tok, list(cfg.sampling.stop_strings)) if cfg.sampling.stop_strings else None,
+            stop_strings=StopStrings.from_tokenizer(tok, stops) if stops else None,
         )  # fmt: skip
         self._generator = torch.Generator(self._device).manual_seed(self._seed)
         if self._is_rank_zero:
@@ -168,7 +168,8 @@ class EvalMMEEmotionRecipe:
                     shutil.rmtree(self._output_dir / folder, ignore_errors=True)
             path = self._output_dir / "answers" / "settings.json"
             old = json.loads(path.read_text()) if path.is_file() else settings
-            changed = [f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in ANSWER_SETTING_KEYS if old.get(k) != settings[k]]
+            changed = [f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in ANSWER_SETTING_KEYS
+                       if old.get(k) != settings[k]]  # fmt: skip
             if changed:
                 problem = (f"{path.parent} holds answers made with other settings ({'; '.join(changed)}): use another "
                            f"output_dir, or resume=false to delete them and start over")  # fmt: skip
@@ -205,7 +206,9 @@ class EvalMMEEmotionRecipe:
         data = self._data[task, mode]
         path = self._output_dir / "answers" / mode / f"{task}.jsonl"
         names = data.names[: self._max_samples]
-        done = list(evaluation.load_records(path, set(data.names), ("name", "model_response"))) if self._is_rank_zero else []
+        done = []
+        if self._is_rank_zero:
+            done = list(evaluation.load_records(path, set(data.names), ("name", "model_response")))
         done_set = set(self._broadcast(done))
         missing = [n for n in names if n not in done_set]
         if not missing:
@@ -215,7 +218,8 @@ class EvalMMEEmotionRecipe:
         num_steps = math.ceil(math.ceil(len(missing) / self._world_size) / self._batch_size)
         batches = iter(DataLoader(Subset(data, shard), batch_size=self._batch_size, shuffle=False,
                                   collate_fn=self._collator, num_workers=self._num_workers))  # fmt: skip
-        progress = tqdm(total=len(missing), desc=f"A answers {task} {mode}", disable=not self._is_rank_zero, dynamic_ncols=True)
+        progress = tqdm(total=len(missing), desc=f"A answers {task} {mode}", disable=not self._is_rank_zero,
+                        dynamic_ncols=True)  # fmt: skip
         start = time.perf_counter()
         for _ in range(num_steps):
             batch = next(batches, None)
@@ -225,20 +229,24 @@ class EvalMMEEmotionRecipe:
                 evaluation.append_records(path, gathered)
                 progress.update(len(gathered))
         progress.close()
-        self._runtime[f"answers.{task}.{mode}"] = {"num_generated": len(missing), "seconds": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        self._runtime[f"answers.{task}.{mode}"] = {"num_generated": len(missing), "seconds": seconds}
 
     @torch.inference_mode()
     def _predict_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         prompt_ids = batch["prompt_ids"].to(self._device)  # [B, P] left-padded
         prompt_mask = batch["prompt_mask"].to(self._device)  # [B, P]
         media = {k: v.to(self._device) for k, v in batch["media"].items()} if batch["media"] else None
-        rollouts = generate(self._model, prompt_ids, prompt_mask, self._sampling, media=media, generator=self._generator)
+        rollouts = generate(
+            self._model, prompt_ids, prompt_mask, self._sampling, media=media, generator=self._generator
+        )
         response_ids, response_mask = rollouts.response_ids.cpu(), rollouts.response_mask.cpu()
         records = []
         for b, name in enumerate(batch["names"]):
             text = self._tokenizer.decode(response_ids[b][response_mask[b]], skip_special_tokens=True)
             records.append({"name": name, "video_id": name, "ground_truth": batch["label"][b],
-                            "model_response": batch["response_prefix"][b] + text, "finished": bool(rollouts.finished[b]),
+                            "model_response": batch["response_prefix"][b] + text,
+                            "finished": bool(rollouts.finished[b]),
                             "num_response_tokens": int(response_mask[b].sum())})  # fmt: skip
         return records
 
@@ -271,11 +279,12 @@ class EvalMMEEmotionRecipe:
     def _extract_steps(self, backend, cache: RequestCache, task: str, mode: str) -> list[dict[str, Any]]:
         """Stage C: the official step-file records of one task and mode."""
         answers = self._answers(task, mode)
-        requests = [
-            lambda a=a: ChatRequest(mme_emotion.extraction_messages(task, a["model_response"]), mme_emotion.EXTRACTION_PARAMS,
-                                    mme_emotion.EXTRACTION_RETRY[task], tag=f"steps/{task}/{mode}/{a['video_id']}")
-            for a in answers
-        ]  # fmt: skip
+        def request(a: dict) -> ChatRequest:
+            messages = mme_emotion.extraction_messages(task, a["model_response"])
+            return ChatRequest(messages, mme_emotion.EXTRACTION_PARAMS, mme_emotion.EXTRACTION_RETRY[task],
+                               tag=f"steps/{task}/{mode}/{a['video_id']}")  # fmt: skip
+
+        requests = [lambda a=a: request(a) for a in answers]
         replies = run_cached(backend, requests, cache, desc=f"C steps {task} {mode}")
         return [{"video_id": a["video_id"], "ground_truth": a["ground_truth"], "model_response": a["model_response"],
                  "step": r.text if r.error is None else mme_emotion.extraction_error_step(r.error)}
@@ -294,8 +303,8 @@ class EvalMMEEmotionRecipe:
             return ChatRequest(messages, mme_emotion.JUDGE_PARAMS, mme_emotion.JUDGE_RETRY[task],
                                tag=f"judge/{task}/{mode}/{s['video_id']}")  # fmt: skip
 
-        replies = dict(zip((s["video_id"] for s in sendable),
-                           run_cached(backend, [lambda s=s: request(s) for s in sendable], cache, desc=f"D judge {task} {mode}")))  # fmt: skip
+        sent = run_cached(backend, [lambda s=s: request(s) for s in sendable], cache, desc=f"D judge {task} {mode}")
+        replies = dict(zip((s["video_id"] for s in sendable), sent))
         self._runtime[f"judge_failures.{task}.{mode}"] = {
             "no_frames": sum(frames[s["video_id"]] is None for s in steps),
             "no_decodable_frame": sum(frames[s["video_id"]] == 0 for s in steps),
@@ -333,7 +342,8 @@ class EvalMMEEmotionRecipe:
             "extractor_name": f"{extractor['backend']} {extractor.get('model', '')}".strip(),
             "answers": {**self._answer_settings, "modes": self._modes},
             "comparability": mme_emotion.COMPARABILITY_NOTE,
-            "runtime": {"num_ranks": self._world_size, **{k: v for k, v in self._runtime.items() if k.startswith(("answers.", "stage."))}},
+            "runtime": {"num_ranks": self._world_size,
+                        **{k: v for k, v in self._runtime.items() if k.startswith(("answers.", "stage."))}},
         }  # fmt: skip
         if judge["backend"] == "local":
             report["judge_name"] = f"local {judge['model']['_component_']}"

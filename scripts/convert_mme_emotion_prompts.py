@@ -140,7 +140,8 @@ def convert(repo: Path, out: Path, commit: str | None = None) -> dict:
     prompts: dict = {"system": None, "extract_step": {}, "judge": {}}
     rows, hashes = [], []
     for task in TASKS:
-        for kind, pattern, fields in (("extract_step", EXTRACT_FILE, EXTRACT_FIELDS), ("judge", JUDGE_FILE, JUDGE_FIELDS)):
+        stages = (("extract_step", EXTRACT_FILE, EXTRACT_FIELDS), ("judge", JUDGE_FILE, JUDGE_FIELDS))
+        for kind, pattern, fields in stages:
             rel = pattern.format(task=task)
             path = repo / rel
             template, first, last = find_prompt(path, fields)

@@ -12,7 +12,9 @@ Examples:
     python scripts/prepare_mme_emotion.py --data_dir /data/MME-Emotion --video_dir /data/MME-Emotion/videos \
         --processor /ckpt/Qwen2.5-Omni-7B
     # only the judge frames (an HTTP judge; answers from another model), 4 processes
-    for i in 0 1 2 3; do python scripts/prepare_mme_emotion.py --data_dir D --video_dir V --no_media --shard $i/4 & done; wait
+    for i in 0 1 2 3; do
+        python scripts/prepare_mme_emotion.py --data_dir D --video_dir V --no_media --shard $i/4 &
+    done; wait
 
 Needs PyAV (``pip install 'merr1[media]'``). Idempotent; missing or undecodable clips are logged
 by video id and counted (the judge then drops them, as the official script does for a missing

@@ -313,8 +313,8 @@ class OpenAIChatBackend:
         if api_key_env is not None:
             self._api_key = os.environ.get(api_key_env)
             if not self._api_key:
-                raise ValueError(f"the environment variable {api_key_env} (api_key_env) is not set or empty: "
-                                 f"export it, or set api_key_env: null for a server without authentication")  # fmt: skip
+                raise ValueError(f"the environment variable {api_key_env} (api_key_env) is not set or empty: export "
+                                 f"it, or set api_key_env: null for a server without authentication")  # fmt: skip
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url = base_url
         self.model = model
@@ -476,10 +476,12 @@ class LocalChatBackend:
     ):
         if device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1 or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be positive integers, got {max_new_tokens!r}, {batch_size!r}")
+        for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < frame_min_pixels <= frame_max_pixels:
-            raise ValueError(f"need 0 < frame_min_pixels <= frame_max_pixels, got {frame_min_pixels}, {frame_max_pixels}")
+            raise ValueError(f"need 0 < frame_min_pixels <= frame_max_pixels, got {frame_min_pixels}, "
+                             f"{frame_max_pixels}")  # fmt: skip
         self.model_spec, self.tokenizer_spec = _plain(model), _plain(tokenizer)
         for what, spec in (("model", self.model_spec), ("tokenizer", self.tokenizer_spec)):
             if not isinstance(spec, dict) or "_component_" not in spec:
@@ -493,9 +495,10 @@ class LocalChatBackend:
     def identity(self) -> dict[str, Any]:
         """What besides the messages decides a reply (the device is left out: same weights, same
         greedy decoding up to float round-off)."""
+        pixels = [self.frame_min_pixels, self.frame_max_pixels] if self.use_frames else None
         return {"backend": "local", "model": self.model_spec, "tokenizer": self.tokenizer_spec, "dtype": self.dtype,
                 "max_new_tokens": self.max_new_tokens, "use_frames": self.use_frames,
-                "frame_pixels": [self.frame_min_pixels, self.frame_max_pixels] if self.use_frames else None}  # fmt: skip
+                "frame_pixels": pixels}  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {**self.identity(), "device": self.device, "batch_size": self.batch_size}
@@ -521,7 +524,9 @@ class LocalChatBackend:
             self._tokenizer = build_component(self.tokenizer_spec)
             model = build_component(self.model_spec, dtype=self.dtype, device=device)
             if self.use_frames and not is_thinker(model):
-                raise ValueError("use_frames needs a Qwen2.5-Omni Thinker; this model is text-only (set use_frames: false)")
+                raise ValueError(
+                    "use_frames needs a Qwen2.5-Omni Thinker; this model is text-only (set use_frames: false)"
+                )
             self._model = model.eval().requires_grad_(False)
             tok = self._tokenizer
             self._sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=0.0,
@@ -566,7 +571,8 @@ class LocalChatBackend:
         vision = self._model.config.vision_config
         config = MediaConfig(min_pixels=self.frame_min_pixels, max_pixels=self.frame_max_pixels,
                              max_video_tokens=None, patch_size=vision.patch_size,
-                             temporal_patch_size=vision.temporal_patch_size, merge_size=vision.spatial_merge_size)  # fmt: skip
+                             temporal_patch_size=vision.temporal_patch_size,
+                             merge_size=vision.spatial_merge_size)  # fmt: skip
         frame = decode_png(decode_data_url(url))  # [H, W, 3] uint8
         pixels = preprocess_frames(frame[None], config)  # [1, 3, H', W']
         patches, grid = patchify_video(pixels, config.patch_size, config.temporal_patch_size, config.merge_size)
@@ -585,10 +591,9 @@ class LocalChatBackend:
             encoded = [self._encode(make()) for make in requests[start : start + self.batch_size]]
             ids = pad_sequences([e[0] for e in encoded], tokenizer.pad_token_id, "left").to(device)  # [B, P]
             mask = pad_sequences([torch.ones_like(e[0]) for e in encoded], 0, "left").to(device)  # [B, P]
-            media = {}
-            if any(e[1] for e in encoded):
-                media = {"pixel_values": torch.cat([e[1]["pixel_values"] for e in encoded if e[1]]).to(device),
-                         "image_grid_thw": torch.cat([e[1]["image_grid_thw"] for e in encoded if e[1]]).to(device)}  # fmt: skip
+            with_images = [e[1] for e in encoded if e[1]]
+            media = {key: torch.cat([m[key] for m in with_images]).to(device)
+                     for key in ("pixel_values", "image_grid_thw")} if with_images else {}  # fmt: skip
             with torch.inference_mode():
                 rollouts = generate(model, ids, mask, self._sampling, media=media or None)
             response_ids, response_mask = rollouts.response_ids.cpu(), rollouts.response_mask.cpu()

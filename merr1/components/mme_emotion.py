@@ -357,7 +357,10 @@ def score_task(records: Sequence[Any], task: str, *, alpha: float = DEFAULT_ALPH
 
 
 def score_overall(
-    records_by_task: Mapping[str, Sequence[Any]], *, alpha: float = DEFAULT_ALPHA, sources: Mapping[str, str] | None = None
+    records_by_task: Mapping[str, Sequence[Any]],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Overall script's metrics: the tasks' records concatenated in ``OVERALL_ORDER`` (tasks
     absent from the mapping are skipped and listed) and scored with the fraction parser.
@@ -414,6 +417,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         for t in tasks:
             s = result["tasks"][t]
             lines.append(f"{'':<{len(mode) + 2}}{t:<9}{s['num_samples']:>8}{s['kept']:>6}{s['dropped']:>8}"
-                         f"{s['recognition']:>7.1f}{s['reasoning']:>7.1f}{s['cot']:>7.1f}{s['avg_steps']:>7.1f}")  # fmt: skip
+                         f"{s['recognition']:>7.1f}{s['reasoning']:>7.1f}{s['cot']:>7.1f}"
+                         f"{s['avg_steps']:>7.1f}")  # fmt: skip
     lines += ["", COMPARABILITY_NOTE]
     return "\n".join(lines)

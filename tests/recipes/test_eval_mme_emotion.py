@@ -11,8 +11,6 @@
 import json
 import re
 import shutil
-from pathlib import Path
-
 import pytest
 import yaml
 from chat_server import ChatServer
@@ -61,7 +59,8 @@ def test_debug_config_end_to_end_with_local_backends(tmp_path, capsys):
     assert {k: pooled[k] for k in ("recognition", "reasoning", "cot", "kept")} == {
         k: slow["overall"][k] for k in ("recognition", "reasoning", "cot", "kept")
     }
-    assert re.search(r"^mode\s+ER-Lab\s+ER-Wild\s+Noise-ER\s+FG-ER\s+ML-ER\s+SA\s+FG-SA\s+IR\s+Rec\s+Rea\s+CoT", proc.stdout, re.M)
+    header = r"^mode\s+ER-Lab\s+ER-Wild\s+Noise-ER\s+FG-ER\s+ML-ER\s+SA\s+FG-SA\s+IR\s+Rec\s+Rea\s+CoT"
+    assert re.search(header, proc.stdout, re.M)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +84,8 @@ def http_config(server, path, judge_model="judge-a"):
     """The debug config with both backends on the server, 2 tasks, both modes, 3 clips each."""
     cfg = yaml.safe_load((REPO_ROOT / "recipes" / "configs" / f"{CONFIG}.yaml").read_text())
     backend = {"_component_": "merr1.components.judge.OpenAIChatBackend", "base_url": server.base_url,
-               "api_key_env": None, "max_concurrency": 3, "timeout_s": 30, "max_attempts": 2, "retry_delay_s": 0.0}  # fmt: skip
+               "api_key_env": None, "max_concurrency": 3, "timeout_s": 30, "max_attempts": 2,
+               "retry_delay_s": 0.0}  # fmt: skip
     cfg["extractor"] = {**backend, "model": "extractor-a"}
     cfg["judge"] = {**backend, "model": judge_model}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -133,8 +133,10 @@ def test_http_backends_requests_numbers_and_layouts(http_run, data_copy, capsys)
     # The numbers, from the scripted replies.
     for mode in ("slow", "fast"):
         lab = report["modes"][mode]["tasks"]["ER-Lab"]
-        frames = [count_frames(data_copy / "frames_cache", s.video_id) for s in load_task(data_copy, "ER-Lab").samples[:3]]
-        assert frames[1] is None and lab["judge_failures"] == {"no_frames": 1, "no_decodable_frame": 0, "request_failed": 0}
+        clips = load_task(data_copy, "ER-Lab").samples[:3]
+        frames = [count_frames(data_copy / "frames_cache", s.video_id) for s in clips]
+        assert frames[1] is None
+        assert lab["judge_failures"] == {"no_frames": 1, "no_decodable_frame": 0, "request_failed": 0}
         odd = [f % 2 for f in frames if f is not None]
         assert (lab["kept"], lab["dropped"]) == (2, 1)
         assert lab["recognition"] == 100 * ((0 + odd[0] + odd[1]) / 2) and lab["reasoning"] == 0.0
@@ -176,7 +178,8 @@ def test_http_judge_change_settings_refusal_and_two_ranks(http_run, data_copy, t
     cfg["judge"]["api_key_env"] = "MERR1_TEST_UNSET_KEY"
     bad.write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = run(http_args(tmp_path / "never", data_copy), config=bad, check=False)
-    assert proc.returncode != 0 and "MERR1_TEST_UNSET_KEY" in proc.stderr and not (tmp_path / "never" / "answers" / "slow").exists()
+    assert proc.returncode != 0 and "MERR1_TEST_UNSET_KEY" in proc.stderr
+    assert not (tmp_path / "never" / "answers").exists()
     # Answers made with other settings are refused.
     proc = run(http_args(out, data_copy) + ["sampling.max_new_tokens=9"], config=config, check=False)
     assert proc.returncode != 0 and "answers made with other settings" in proc.stderr + proc.stdout

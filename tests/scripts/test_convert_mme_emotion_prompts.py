@@ -82,7 +82,8 @@ def test_renders_fstrings_as_python_does(convert, tmp_path):
     written = json.loads((tmp_path / "out" / "prompts.json").read_text())
     assert written == prompts
     provenance = (tmp_path / "out" / "PROVENANCE.md").read_text()
-    assert "commit `abc`" in provenance and "| `judge` / SA | `eval_cot/SA/code/eval_cot_gpt4o.py` | L5-11 (system message L4)" in provenance
+    assert "commit `abc`" in provenance
+    assert "| `judge` / SA | `eval_cot/SA/code/eval_cot_gpt4o.py` | L5-11 (system message L4)" in provenance
     assert (tmp_path / "out" / "LICENSE").read_text().startswith("MIT License")
 
 
@@ -96,9 +97,8 @@ def test_renders_fstrings_as_python_does(convert, tmp_path):
 )
 def test_refuses_what_it_cannot_render_faithfully(convert, tmp_path, bad, message):
     repo = fake_repo(tmp_path / "repo")
-    (repo / "extract_step/ER-Lab/code/extract_step.py").write_text(
-        'def f(entry):\n    messages = [{"role": "system", "content": "SYS"}, {"role": "user", "content": f"' + bad + '"}]\n'
-    )
+    source = 'def f(entry):\n    messages = [{"role": "system", "content": "SYS"}, {"role": "user", "content": f"'
+    (repo / "extract_step/ER-Lab/code/extract_step.py").write_text(source + bad + '"}]\n')
     with pytest.raises(ValueError, match=message):
         convert.convert(repo, tmp_path / "out")
 

@@ -50,7 +50,14 @@ from merr1.components.data import media as data_media
 from merr1.components.data.datasets import BadRow, BadRowError, _report_bad_rows, _SampleEncoder
 from merr1.components.data.frames import cache_name, frames_entry, write_frames
 from merr1.components.data.prompts import QWEN_OMNI_SYSTEM_PROMPT, build_chat_prompt, encode_pieces, encode_text
-from merr1.components.mme_emotion import LABEL_SEPARATORS, TASKS, check_task, load_questions, render_template, task_file_stem
+from merr1.components.mme_emotion import (
+    LABEL_SEPARATORS,
+    TASKS,
+    check_task,
+    load_questions,
+    render_template,
+    task_file_stem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +140,9 @@ def load_task(data_dir: str | Path, task: str, strict: bool = False) -> MMETask:
     for index, record in enumerate(records):
         problem = _question_problem(record)
         if problem is not None:
-            name = record.get("video_id") if isinstance(record, dict) and isinstance(record.get("video_id"), str) else None
-            bad.append(BadRow(name or f"{questions_path.name} record {index}", "malformed record", problem))
+            has_id = isinstance(record, dict) and isinstance(record.get("video_id"), str) and record["video_id"]
+            bad.append(BadRow(record["video_id"] if has_id else f"{questions_path.name} record {index}",
+                              "malformed record", problem))  # fmt: skip
             continue
         video_id = record["video_id"]
         if video_id in seen:
@@ -143,7 +151,8 @@ def load_task(data_dir: str | Path, task: str, strict: bool = False) -> MMETask:
         seen.add(video_id)
         clue = clues.get(video_id)
         if not isinstance(clue, str):
-            bad.append(BadRow(video_id, "missing audio clue", f"not in {clues_path.name}" if clue is None else repr(clue)))
+            detail = f"not in {clues_path.name}" if clue is None else repr(clue)
+            bad.append(BadRow(video_id, "missing audio clue", detail))
             continue
         samples.append(MMESample(video_id, record["label"], tuple(record["label_set"]), clue))
     _report_bad_rows(f"MME-Emotion {task} ({questions_path})", bad, len(samples), strict)
@@ -153,10 +162,9 @@ def load_task(data_dir: str | Path, task: str, strict: bool = False) -> MMETask:
 def question_text(task: str, label_set: Sequence[str], template: str, instruction: str) -> str:
     """The user text of stage A: ``template`` with ``{question}`` (the task's question),
     ``{candidate_labels}`` (``label_set`` joined by ", ") and ``{instruction}`` filled."""
-    return render_template(
-        template,
-        {"question": load_questions()[check_task(task)], "candidate_labels": ", ".join(label_set), "instruction": instruction},
-    )
+    values = {"question": load_questions()[check_task(task)], "candidate_labels": ", ".join(label_set),
+              "instruction": instruction}  # fmt: skip
+    return render_template(template, values)
 
 
 class MMEEmotionDataset(Dataset):
@@ -392,12 +400,14 @@ def make_mme_emotion_sample(
         shared = video_ids.get(_SHARED_CLIPS.get(task, ""), [])
         for i in range(num_per_task):
             source, label_set = SAMPLE_SOURCES[task][i % len(SAMPLE_SOURCES[task])]
-            video_id = shared[i] if i < len(shared) and i % 2 == 0 else f"{source}/video/{task_file_stem(task).lower()}_{i:03d}.mp4"
+            video_id = f"{source}/video/{task_file_stem(task).lower()}_{i:03d}.mp4"
+            if i < len(shared) and i % 2 == 0:
+                video_id = shared[i]
             label = _draw_label(rng, task, label_set)
             voice, cue = _VOICE[int(rng.random() * len(_VOICE))], _CUE[int(rng.random() * len(_CUE))]
             questions.append({"video_id": video_id, "label": label, "label_set": list(label_set)})
-            clues.append({"video_id": video_id, "ground_truth": label,
-                          "audio_clue": f"The speaker's voice is {voice}, with {cue}, which suggests {label}."})  # fmt: skip
+            text = f"The speaker's voice is {voice}, with {cue}, which suggests {label}."
+            clues.append({"video_id": video_id, "ground_truth": label, "audio_clue": text})
         video_ids[task] = [q["video_id"] for q in questions]
         _write_json(question_file(out, task), questions)
         _write_json(audio_clue_file(out, task), clues)

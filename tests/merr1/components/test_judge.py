@@ -268,7 +268,8 @@ def test_local_text_judge_equals_greedy_generate_on_the_chatml_prompt(tmp_path):
     sampling = SamplingConfig(max_new_tokens=6, temperature=0.0, eos_token_ids=stop_token_ids(tok),
                               pad_token_id=tok.pad_token_id)  # fmt: skip
     for i, r in enumerate(requests):
-        prompt = f"<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n{r.messages[1]['content']}<|im_end|>\n<|im_start|>assistant\n"
+        user = r.messages[1]["content"]
+        prompt = f"<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
         ids = torch.tensor([encode_text(tok, prompt)])
         out = generate(model, ids, torch.ones_like(ids), sampling)
         expected = tok.decode(out.response_ids[0][out.response_mask[0]], skip_special_tokens=True)

@@ -35,7 +35,8 @@ def test_prompt_files_are_the_official_texts_with_their_quirks():
             "rating should be 0/1.") in judge["FG-SA"]  # fmt: skip
     assert ("Example 3: The predicted sentiment is positive and the sentiment label is strong positive, then the "
             "rating should be 1/1.") in judge["FG-SA"]  # fmt: skip
-    assert judge["ML-ER"].endswith("<score>Step 1: 1/1, Step 2: 0/1, Step 3: 2/3</score> or <score>Step 1: 0/2 </score> ")
+    ml_er_end = "<score>Step 1: 1/1, Step 2: 0/1, Step 3: 2/3</score> or <score>Step 1: 0/2 </score> "
+    assert judge["ML-ER"].endswith(ml_er_end)
     steps = p["extract_step"]
     assert steps["FG-ER"] == steps["ML-ER"] and steps["ER-Lab"] == steps["ER-Wild"]
     assert "</step>Example 3:\nanswer: I cannot provide" in steps["Noise-ER"]  # no newline between examples
@@ -247,7 +248,8 @@ def test_overall_sums_in_the_official_file_order():
     # With V = 2**53 (float spacing 2 there): 1 + 1 + V = V + 2 exactly, but 1 + V + 1 = V.
     # Official order: ..., IR, SA, FG-SA; the paper's order would be SA, FG-SA, IR.
     big = f"<score>Step 1: {2**53}/1</score>"
-    by_task = {"SA": [rec("<score>Step 1: 1/1</score>")], "FG-SA": [rec(big)], "IR": [rec("<score>Step 1: 1/1</score>")]}
+    one = rec("<score>Step 1: 1/1</score>")
+    by_task = {"SA": [one], "FG-SA": [rec(big)], "IR": [one]}
     official = 100 * ((((0.0 + 1.0) + 1.0) + 2.0**53) / 3)  # running sum from 0.0, mean, then percent
     assert M.score_overall(by_task)["recognition"] == official
     assert official != 100 * ((((0.0 + 1.0) + 2.0**53) + 1.0) / 3)
@@ -261,14 +263,15 @@ def test_overall_error_names_the_task_source():
 
 
 def test_format_report_mirrors_table_2():
-    task = {**M.score_task([rec("<score>Step 1: 1/1</score>")], "SA"), "num_samples": 1}
-    report = {"judge_name": "openai gpt-4o", "extractor_name": "openai gpt-4.1",
-              "modes": {"slow": {"tasks": {"SA": task}, "overall": M.score_overall({"SA": [rec("<score>S: 1/1</score>")]}),
-                                 "task_mean": M.task_mean({"SA": task})}}}  # fmt: skip
+    records = [rec("<score>Step 1: 1/1</score>")]
+    task = {**M.score_task(records, "SA"), "num_samples": 1}
+    slow = {"tasks": {"SA": task}, "overall": M.score_overall({"SA": records}), "task_mean": M.task_mean({"SA": task})}
+    report = {"judge_name": "openai gpt-4o", "extractor_name": "openai gpt-4.1", "modes": {"slow": slow}}
     text = M.format_report(report)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("mode"))
     assert header.split() == ["mode", "SA", "Rec", "Rea", "CoT", "CoT", "mean"]
-    assert next(line for line in lines if line.startswith("slow ")).split() == ["slow", "50.0", "100.0", "0.0", "50.0", "50.0"]
+    row = next(line for line in lines if line.startswith("slow "))
+    assert row.split() == ["slow", "50.0", "100.0", "0.0", "50.0", "50.0"]
     assert "not comparable" in text
     json.dumps(report, allow_nan=False)

@@ -145,5 +145,6 @@ def test_pyav_frames_and_audio_of_a_tiny_clip(tmp_path):
     assert [f.shape for f in decode_judge_frames(path, max_side=16)] == [(16, 16, 3)] * 3
     assert len(decode_judge_frames(path, max_frames=2)) == 2
     waveform, rate = read_audio_track(path)
-    assert rate == 16000 and waveform.dtype == torch.float32 and 0 <= waveform.numel() / rate - 2.5 < 0.2  # AAC adds priming/padding frames of 1024 samples
+    assert rate == 16000 and waveform.dtype == torch.float32
+    assert 0 <= waveform.numel() / rate - 2.5 < 0.2  # AAC adds priming/padding frames of 1024 samples
     assert 0.1 < float(waveform.abs().max()) <= 1.0  # the 0.3-amplitude tone survives AAC

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from merr1.components.data import media as data_media
 from merr1.components.data.frames import cache_name, count_frames, decode_png, read_frames
@@ -71,7 +70,8 @@ def test_bad_rows_are_reported_by_name(tmp_path):
              clue("A/video/6.mp4", "new")]  # fmt: skip
     write_layout(tmp_path, "ER-Lab", questions, clues)
     loaded = load_task(tmp_path, "ER-Lab")
-    assert [(s.video_id, s.audio_clue) for s in loaded.samples] == [("A/video/1.mp4", "loud voice"), ("A/video/6.mp4", "new")]
+    kept = [(s.video_id, s.audio_clue) for s in loaded.samples]
+    assert kept == [("A/video/1.mp4", "loud voice"), ("A/video/6.mp4", "new")]
     assert loaded.samples[0].label_set == tuple(LABELS)
     assert [(b.name, b.kind) for b in loaded.bad_rows] == [
         ("A/video/2.mp4", "malformed record"),
@@ -117,7 +117,8 @@ def test_sample_set_layout_and_determinism(sample_dir, tmp_path):
     make_mme_emotion_sample(again)
 
     def digest(root):
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+        files = [p for p in root.rglob("*") if p.is_file()]
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
     assert digest(again) == digest(sample_dir)
 
@@ -125,7 +126,8 @@ def test_sample_set_layout_and_determinism(sample_dir, tmp_path):
 @pytest.mark.parametrize("mode", ["slow", "fast"])
 def test_stage_a_prompt_and_media(sample_dir, mode):
     tok = tiny_tokenizer()
-    ds = MMEEmotionDataset(tok, sample_dir, "FG-ER", mode, system_prompt=None, instruction="Answer now.", num_mel_bins=16)
+    ds = MMEEmotionDataset(tok, sample_dir, "FG-ER", mode, system_prompt=None, instruction="Answer now.",
+                           num_mel_bins=16)  # fmt: skip
     sample = ds.samples[0]
     item = ds[0]
     text = tok.decode(item["prompt_ids"])
@@ -161,7 +163,8 @@ def test_missing_media_and_too_long_prompts_are_bad_rows(sample_dir, tmp_path):
     assert ds.names == [keep]
     assert {b.kind for b in ds.bad_rows} == {"missing media file"} and len(ds.bad_rows) == 3
     limit = len(ds0[0]["prompt_ids"]) - 1
-    short = MMEEmotionDataset(tiny_tokenizer(), sample_dir, "IR", system_prompt=None, num_mel_bins=16, max_seq_len=limit)
+    short = MMEEmotionDataset(tiny_tokenizer(), sample_dir, "IR", system_prompt=None, num_mel_bins=16,
+                              max_seq_len=limit)  # fmt: skip
     assert "too long" in {b.kind for b in short.bad_rows}
     with pytest.raises(ValueError, match="bad row"):
         MMEEmotionDataset(tiny_tokenizer(), sample_dir, "IR", media_dir=media, num_mel_bins=16, strict=True)
@@ -193,12 +196,14 @@ def test_prepare_caches_from_videos(tmp_path):
     assert entry["input_features"].shape[1] == 16 and entry["video_grid_thw"].tolist() == [[1, 2, 2]]
     again = prepare_caches(ids, root / "videos", media_dir=media, frames_dir=frames, config=MediaConfig.tiny(),
                            progress=False)  # fmt: skip
-    assert again.written == {"media": 0, "frames": 0} and again.cached == {"media": len(ids) - 1, "frames": len(ids) - 1}
+    assert again.written == {"media": 0, "frames": 0}
+    assert again.cached == {"media": len(ids) - 1, "frames": len(ids) - 1}
 
 
 def test_prepare_script_frames_only(tmp_path):
     pytest.importorskip("av")
-    spec = importlib.util.spec_from_file_location("prepare_mme_emotion", REPO_ROOT / "scripts" / "prepare_mme_emotion.py")
+    path = REPO_ROOT / "scripts" / "prepare_mme_emotion.py"
+    spec = importlib.util.spec_from_file_location("prepare_mme_emotion", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     root = tmp_path / "set"
