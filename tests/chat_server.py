@@ -3,8 +3,8 @@
 Behaviour is scripted: ``script`` is a list of actions consumed one per request (then
 ``default`` answers), or ``responder(body) -> reply text`` computes the reply from the request.
 Actions: ``("reply", text)``, ``("status", code)``, ``("slow", seconds, text)``, ``("raw", bytes)``
-(a 200 with that body), ``("drop",)`` (close the connection without a response), ``("hang",)``
-(never answer until ``release()``), ``("null",)`` (content null). Every request is recorded
+(a 200 with that body), ``("partial",)`` (a body cut short), ``("drop",)`` (close the connection
+without a response), ``("hang",)`` (never answer until ``release()``), ``("null",)`` (content null). Every request is recorded
 (``requests``: parsed body and headers); ``answered`` lists the bodies that got a 200 reply.
 """
 
@@ -99,6 +99,14 @@ class ChatServer:
                 pass
         elif kind == "raw":
             self._send(handler, 200, action[1])
+        elif kind == "partial":  # announce a longer body than sent, then close
+            handler.send_response(200)
+            handler.send_header("Content-Length", "1000")
+            handler.end_headers()
+            handler.wfile.write(b'{"choices": ')
+            handler.wfile.flush()
+            handler.close_connection = True
+            handler.connection.close()
         elif kind == "drop":
             handler.close_connection = True
             handler.connection.close()

@@ -40,6 +40,7 @@ requests are not cached (a rerun tries them again); identical requests in one ba
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib
 import json
 import logging
@@ -244,6 +245,14 @@ def _retry_after_seconds(headers) -> float | None:
         return None
 
 
+def _error_detail(error: urllib.error.HTTPError) -> str:
+    # The start of an error response's body (the server's message), if it can be read.
+    try:
+        return error.read()[:200].decode("utf-8", "replace") if error.fp is not None else ""
+    except (OSError, http.client.HTTPException):
+        return ""
+
+
 def parse_chat_response(raw: bytes) -> ChatReply:
     """A chat-completions response body -> reply; ``_Retryable`` for anything the official loop
     retries (not JSON, an ``"error"`` object, no ``choices[0].message.content`` key)."""
@@ -264,7 +273,12 @@ def parse_chat_response(raw: bytes) -> ChatReply:
     if text is not None and not isinstance(text, str):
         raise _Retryable(f"message content is not a string: {type(text).__name__}")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return ChatReply(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return ChatReply(text, _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens")))
+
+
+def _token_count(value: Any) -> int:
+    # A missing or malformed usage count is 0 (the reply itself is fine).
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class OpenAIChatBackend:
@@ -353,12 +367,12 @@ class OpenAIChatBackend:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode("utf-8", "replace") if e.fp is not None else ""
             if e.code in FATAL_HTTP_STATUSES:
                 raise JudgeConfigError(f"{self.url} answered HTTP {e.code} ({e.reason}): check base_url, model "
-                                       f"and the key in ${self.api_key_env}. {detail}") from None  # fmt: skip
-            raise _Retryable(f"HTTP {e.code} {e.reason}: {detail}", _retry_after_seconds(e.headers)) from None
-        except (urllib.error.URLError, OSError, ValueError) as e:  # refused, reset, timeout, bad response line
+                                       f"and the key in ${self.api_key_env}. {_error_detail(e)}") from None  # fmt: skip
+            raise _Retryable(f"HTTP {e.code} {e.reason}: {_error_detail(e)}", _retry_after_seconds(e.headers)) from None
+        # Refused or reset connections, timeouts, bodies cut short (IncompleteRead), bad status lines.
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         return parse_chat_response(raw)
 

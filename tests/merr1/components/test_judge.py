@@ -82,8 +82,9 @@ def test_missing_api_key_names_the_variable(monkeypatch):
         ("raw", json.dumps({"error": {"message": "overloaded"}}).encode()),
         ("raw", json.dumps({"choices": []}).encode()),
         ("drop",),
+        ("partial",),
     ],
-    ids=["http500", "http429", "malformed-json", "error-object", "no-choices", "dropped-connection"],
+    ids=["http500", "http429", "malformed-json", "error-object", "no-choices", "dropped-connection", "cut-body"],
 )
 def test_failures_are_retried_then_succeed(failure):
     with ChatServer([failure, ("reply", "fine")]) as server:
@@ -144,6 +145,8 @@ def test_null_content_is_a_successful_empty_reply():
         ({"choices": [{"message": {"content": "x"}}]}, ChatReply("x", 0, 0)),  # no usage: 0 tokens
         ({"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
          ChatReply("x", 3, 4)),
+        ({"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": "3", "completion_tokens": None}},
+         ChatReply("x", 0, 0)),  # malformed counts: 0, the reply stands
     ],
 )  # fmt: skip
 def test_parse_chat_response(body, expected):
