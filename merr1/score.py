@@ -1,4 +1,6 @@
-"""MER-UniBench scoring (METHOD section 3), as a library and as ``python -m merr1.score``.
+"""MER-UniBench scoring (METHOD section 3), as a library and as ``python -m merr1.score``; the
+command line also scores MME-Emotion judge outputs (``python -m merr1.score mme``, the official
+metric arithmetic of ``merr1.components.mme_emotion``: see ``_run_mme``).
 
 Scores reproduce the official AffectGPT evaluation bit for bit (its public code: the
 ``calculate_openset_overlap_rate``/``wheel_metric_calculation`` OV-MERD+ metric,
@@ -38,6 +40,7 @@ from operator import add
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from merr1.components import mme_emotion
 from merr1.components.emotion_wheel import (
     BITS_PER_WHEEL,
     NUM_WHEELS,
@@ -382,8 +385,38 @@ def _run_map(words_path: Path) -> None:
                 print(json.dumps({"word": word, "categories": list(wheels.map_word(word))}))
 
 
+def read_judged(path: Path) -> list[Any]:
+    """The records of one MME-Emotion judge-output file (a JSON list, the official layout)."""
+    _check_file(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of judge-output records, got {type(data).__name__}")
+    return data
+
+
+def _run_mme(task: str, judged: Path, alpha: float) -> dict[str, Any]:
+    """MME-Emotion metrics of one task's judge-output file, or (``task == "overall"``) of a folder
+    holding all 8 task files named ``<TASK>.json``, pooled as the official Overall script does."""
+    if task != "overall":
+        return mme_emotion.score_task(read_judged(judged), task, alpha=alpha, source=str(judged))
+    if not judged.is_dir():
+        raise ValueError(f"{judged}: not a folder (--task overall reads <folder>/<TASK>.json for all 8 tasks)")
+    paths = {t: judged / f"{t}.json" for t in mme_emotion.TASKS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"{judged}: missing task file(s) {missing} (the Overall score pools all 8 tasks)")
+    records = {t: read_judged(p) for t, p in paths.items()}
+    return mme_emotion.score_overall(records, alpha=alpha, sources={t: str(p) for t, p in paths.items()})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m merr1.score {ovmerd,hitrate,basic-f1,sentiment} --pred P --gt G`` | ``map --words F``."""
+    """``python -m merr1.score {ovmerd,hitrate,basic-f1,sentiment} --pred P --gt G`` | ``map --words F``
+    | ``mme --task TASK|overall --judged FILE|DIR``."""
     parser = argparse.ArgumentParser(prog="python -m merr1.score", description="MER-UniBench scoring.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in _SCORERS:
@@ -397,10 +430,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     p = sub.add_parser("map", help="one JSON line per word with its 5 level-1 categories")
     p.add_argument("--words", type=Path, required=True, help="text file, one word per line")
+    p = sub.add_parser(
+        "mme", help="MME-Emotion Recognition/Reasoning/CoT (percent) of judge outputs; prints one JSON object"
+    )
+    p.add_argument("--task", required=True, choices=[*mme_emotion.TASKS, "overall"],
+                   help="a task (its official parser) or overall (all 8 tasks pooled)")  # fmt: skip
+    p.add_argument("--judged", type=Path, required=True,
+                   help="judge-output JSON file (a list of records with score and ground_truth); for "
+                        "overall a folder with <TASK>.json for every task")  # fmt: skip
+    p.add_argument("--alpha", type=float, default=mme_emotion.DEFAULT_ALPHA, help="CoT = alpha Rec + (1 - alpha) Rea")
     args = parser.parse_args(argv)
     try:
         if args.command == "map":
             _run_map(args.words)
+            return 0
+        if args.command == "mme":
+            print(json.dumps(_run_mme(args.task, args.judged, args.alpha), ensure_ascii=False))
             return 0
         preds = read_records(args.pred, "pred", ("pred", "openset"))
         gts = read_records(args.gt, "label", ("openset", "label"))

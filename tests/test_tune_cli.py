@@ -24,6 +24,7 @@ QUICK_RUNS = {
     "grpo_mer_r1_distributed": ("debug/grpo_mer_r1_tiny", ["max_steps_per_epoch=2", "batch_size=2",
                                                            "gradient_accumulation_steps=1", "generation.max_new_tokens=8"]),
     "eval_mer": ("debug/eval_tiny", ["max_samples=4", "sampling.max_new_tokens=8"]),
+    "eval_mme_emotion": ("debug/eval_mme_emotion_tiny", ["tasks=[ER-Lab]", "max_samples=2", "sampling.max_new_tokens=4"]),
 }  # fmt: skip
 
 

@@ -395,3 +395,71 @@ def test_cli_missing_file_and_bad_csv(tmp_path):
     assert proc.returncode == 2 and "file not found" in proc.stderr
     proc = run_cli("nonsense")
     assert proc.returncode == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# MME-Emotion (python -m merr1.score mme; arithmetic tested in tests/merr1/components/test_mme_emotion.py)
+# ---------------------------------------------------------------------------------------------
+
+MME_TASKS = ("ER-Lab", "ER-Wild", "Noise-ER", "FG-ER", "ML-ER", "SA", "FG-SA", "IR")
+
+
+def judged(score, gt="happy", video_id="v"):
+    return {"video_id": video_id, "ground_truth": gt, "model_response": "...", "step": "<step>...</step>",
+            "score": score, "input_tokens": 1, "output_tokens": 1}  # fmt: skip
+
+
+def test_cli_mme_task(tmp_path):
+    path = tmp_path / "ER-Lab.json"
+    path.write_text(json.dumps([
+        judged("<score>Step 1: 1/1, Step 2: 0/1, Step 3: 1/1</score>"),  # rec 1, rea 1/2
+        judged("<score>Step 1: 0/1</score>", "sad"),  # rec 0, rea 0
+        judged(None),  # judge failure: dropped
+    ]))  # fmt: skip
+    proc = run_cli("mme", "--task", "ER-Lab", "--judged", path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["recognition"], out["reasoning"], out["cot"]) == (50.0, 25.0, 37.5)
+    assert out["reported"] == {"recognition": 50.0, "reasoning": 25.0, "cot": 37.5, "avg_steps": 2.0}
+    assert (out["kept"], out["dropped"], out["task"], out["parser"]) == (2, 1, "ER-Lab", "strict")
+    assert list(out["categories"]) == ["happy", "sad"]
+
+
+def test_cli_mme_overall_pools_the_eight_files(tmp_path):
+    for i, task in enumerate(MME_TASKS):  # task i: i + 1 samples with recognition 1, one with 0
+        records = [judged("<score>Step 1: 1/1</score>")] * (i + 1) + [judged("<score>Step 1: 0/1</score>")]
+        (tmp_path / f"{task}.json").write_text(json.dumps(records))
+    out = json.loads(run_cli("mme", "--task", "overall", "--judged", tmp_path).stdout)
+    assert out["kept"] == 36 + 8 and out["recognition"] == 100 * (36 / 44) and out["reasoning"] == 0.0
+    assert out["reported"]["recognition"] == 81.8 and out["tasks"][:3] == ["ER-Lab", "ER-Wild", "ML-ER"]
+    alpha = json.loads(run_cli("mme", "--task", "overall", "--judged", tmp_path, "--alpha", "1").stdout)
+    assert alpha["cot"] == alpha["recognition"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "SA.json: file not found"),
+        ("[{", "SA.json: invalid JSON"),
+        ('{"a": 1}', "SA.json: expected a JSON list"),
+        ('[{"video_id": "x", "ground_truth": "y"}]', "SA.json: record 0 (video_id 'x'): no \"score\" field"),
+        ('[{"score": null}, {"score": "<score>S: 1/1</score>"}]', "SA.json: record 1: no \"ground_truth\" field"),
+    ],
+)
+def test_cli_mme_bad_input_exits_2_naming_file_and_record(tmp_path, content, message):
+    path = tmp_path / "SA.json"
+    if content is not None:
+        path.write_text(content)
+    proc = run_cli("mme", "--task", "SA", "--judged", path)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""
+
+
+def test_cli_mme_overall_needs_every_task_file(tmp_path):
+    (tmp_path / "ER-Lab.json").write_text("[]")
+    proc = run_cli("mme", "--task", "overall", "--judged", tmp_path)
+    assert proc.returncode == 2 and "missing task file(s)" in proc.stderr and "IR.json" in proc.stderr
+    proc = run_cli("mme", "--task", "overall", "--judged", tmp_path / "ER-Lab.json")
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    proc = run_cli("mme", "--task", "ER-Lab", "--judged", tmp_path / "ER-Lab.json", "--alpha", "2")
+    assert proc.returncode == 2 and "alpha" in proc.stderr
+    assert run_cli("mme", "--task", "XX", "--judged", tmp_path).returncode == 2

@@ -10,7 +10,9 @@
 - ``collate``: ``SFTCollator``, ``PromptCollator``, media collation and selection;
 - ``media``: the decoded-media cache (``scripts/prepare_media.py``) and the audio/video
   preprocessing of the Qwen2.5-Omni Thinker;
-- ``sample``: the deterministic sample data of the quick start and the tests.
+- ``sample``: the deterministic sample data of the quick start and the tests;
+- ``mme_emotion``: the MME-Emotion layout, its model-under-test dataset and its sample set
+  (``mme_emotion_dataset``, ``mme_emotion_sample``); ``frames``: the judge's frame cache.
 
 The YAML targets are re-exported here, so a config names e.g.
 ``merr1.components.data.mer_caption_plus_sample``.
@@ -36,6 +38,7 @@ from merr1.components.data.datasets import (
     split_sft_rl,
 )
 from merr1.components.data.mer_unibench_release import mer_unibench_official
+from merr1.components.data.mme_emotion import MMEEmotionDataset, mme_emotion_dataset, mme_emotion_sample
 
 __all__ = [
     "IGNORE_INDEX",
@@ -45,6 +48,7 @@ __all__ = [
     "EvalSet",
     "MERCaptionPlusDataset",
     "MERUniBenchDataset",
+    "MMEEmotionDataset",
     "PromptCollator",
     "SFTCollator",
     "collate_media",
@@ -53,6 +57,8 @@ __all__ = [
     "mer_unibench",
     "mer_unibench_official",
     "mer_unibench_sample",
+    "mme_emotion_dataset",
+    "mme_emotion_sample",
     "parse_openset",
     "parse_openset_cell",
     "read_csv",

@@ -365,21 +365,31 @@ class _Stats:
 
 
 def ensure_sample_data(data_dir: str | Path, seed: int = 0, **kwargs) -> dict[str, Any]:
-    """Generate the sample set into ``data_dir`` unless it is already there; return its info.
+    """Generate the sample set into ``data_dir`` unless it is already there; return its info
+    (``ensure_generated`` with ``make_sample_data``)."""
+    return ensure_generated(data_dir, make_sample_data, SAMPLE_INFO, GENERATOR_VERSION, seed, **kwargs)
 
-    A set written by another generator version is replaced (with a warning). Generation goes to a
-    temporary sibling folder renamed into place, so concurrent callers (several ranks) and
-    interrupted runs never leave a half-written set behind.
+
+def ensure_generated(data_dir: str | Path, make, info_name: str, version: int, seed: int = 0, **kwargs) -> dict[str, Any]:
+    """Run ``make(folder, seed, **kwargs)`` into ``data_dir`` unless a complete set is there.
+
+    ``make`` writes the info file ``info_name`` last (it marks a complete set) with a
+    ``generator_version``; a set written by another generator version is replaced (with a
+    warning). Generation goes to a temporary sibling folder renamed into place, so concurrent
+    callers (several ranks) and interrupted runs never leave a half-written set behind.
+
+    Returns:
+        The contents of the info file.
     """
     data_dir = Path(data_dir)
-    info_path = data_dir / SAMPLE_INFO
+    info_path = data_dir / info_name
     if info_path.is_file():
         info = json.loads(info_path.read_text())
-        if info.get("generator_version") == GENERATOR_VERSION:
+        if info.get("generator_version") == version:
             return info
         log.warning(
             "%s was written by sample generator version %s (current: %d); regenerating it",
-            data_dir, info.get("generator_version"), GENERATOR_VERSION,
+            data_dir, info.get("generator_version"), version,
         )  # fmt: skip
         stale = data_dir.with_name(f".{data_dir.name}.stale{os.getpid()}")
         try:
@@ -388,11 +398,11 @@ def ensure_sample_data(data_dir: str | Path, seed: int = 0, **kwargs) -> dict[st
         except FileNotFoundError:  # another process moved it first
             pass
     if data_dir.exists() and any(data_dir.iterdir()):
-        raise ValueError(f"{data_dir} exists but holds no {SAMPLE_INFO}: not a complete sample set; remove it")
+        raise ValueError(f"{data_dir} exists but holds no {info_name}: not a complete sample set; remove it")
     log.info("generating the sample data set into %s (seed %d)", data_dir, seed)
     tmp = data_dir.with_name(f".{data_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    make_sample_data(tmp, seed, **kwargs)
+    make(tmp, seed, **kwargs)
     try:
         if data_dir.exists():
             data_dir.rmdir()  # empty (checked above)
