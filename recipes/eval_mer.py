@@ -44,6 +44,7 @@ What a demanding user should know:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import json
@@ -60,15 +61,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from torchtune import config
-from tqdm import tqdm
 
 from merr1.components import diagnostics, distributed, evaluation, training
 from merr1.components.calibration import CategoryFirstTokens, category_log_confidence
 from merr1.components.config_checks import Above, AtLeast, Component, check_config, expand_list_item_overrides
 from merr1.components.data.collate import pad_sequences
+from merr1.components.early_exit import EarlyExitRecord, early_exit_generate, summarize_early_exit
 from merr1.components.emotion_wheel import ANSWER_FALLBACKS, extract_answer, parse_emotion_list
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
-from merr1.components.metric_logging import atomic_write_text, save_config, to_jsonable
+from merr1.components.metric_logging import atomic_write_text, progress_bar, save_config, to_jsonable
 from merr1.components.models import is_thinker, logits_only_at, resolve_dtype
 from merr1.components.tokenizer import stop_token_ids
 
@@ -94,6 +95,9 @@ CONFIG_SPEC = {
                  "stop_strings": list[str]},  # fmt: skip
     "answer_fallback": Literal[ANSWER_FALLBACKS],
     "diagnostics": {"enabled": bool, "answer_tag": str, "num_hard_negatives": Annotated[int, AtLeast(1)]},
+    # VideoAuto-R1 inference in slow mode (merr1.components.early_exit): answer a1, stop when confident.
+    "early_exit": {"enabled": bool, "threshold": Annotated[float, Above(0)], "answer_max_new_tokens": Annotated[int, AtLeast(1)],
+                   "decode_all": bool},  # fmt: skip
     "sentiment_mapper": Component(),
     "resume": bool,
 }
@@ -119,6 +123,7 @@ class EvalRecipe:
         self._diagnostics = bool(cfg.diagnostics.enabled)
         self._answer_tag = cfg.diagnostics.answer_tag
         self._num_hard_negatives = cfg.diagnostics.num_hard_negatives
+        self._early_exit = OmegaConf.to_container(cfg.early_exit) if cfg.early_exit.enabled else None
         self._runtime: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------------------- setup
@@ -254,7 +259,7 @@ class EvalRecipe:
         loader = DataLoader(Subset(entry[mode], shard), batch_size=self._batch_size, shuffle=False,
                             collate_fn=self._collator, num_workers=self._num_workers)  # fmt: skip
         batches = iter(loader)
-        progress = tqdm(total=len(missing), desc=f"{name} {mode}", disable=not self._is_rank_zero, dynamic_ncols=True)
+        progress = progress_bar(len(missing), f"{name} {mode}", disable=not self._is_rank_zero)
         start, num_tokens = time.perf_counter(), 0
         for _ in range(num_steps):
             batch = next(batches, None)
@@ -279,6 +284,8 @@ class EvalRecipe:
         prompt_ids = batch["prompt_ids"].to(self._device)  # [B, P] left-padded
         prompt_mask = batch["prompt_mask"].to(self._device)  # [B, P]
         media = {k: v.to(self._device) for k, v in batch["media"].items()} if batch["media"] else None
+        if mode == "slow" and self._early_exit is not None:
+            return self._predict_early_exit(batch["names"], prompt_ids, prompt_mask, media)
         rollouts = generate(
             self._model, prompt_ids, prompt_mask, self._sampling, media=media, generator=self._generator
         )
@@ -304,6 +311,21 @@ class EvalRecipe:
                 "answer_start_log_conf": confidences[b],
             })  # fmt: skip
         return records
+
+    def _predict_early_exit(self, names: list[str], prompt_ids, prompt_mask, media) -> list[dict[str, Any]]:
+        """VideoAuto-R1 inference (``early_exit`` config): the record's answer is a1 when a1 is
+        confident, else a2; the ``early_exit`` field keeps a1, a2, the confidence and the tokens."""
+        settings = {k: v for k, v in self._early_exit.items() if k != "enabled"}
+        results = early_exit_generate(
+            self._model, self._tokenizer, prompt_ids, prompt_mask, self._sampling, media=media,
+            generator=self._generator, **settings,
+        )  # fmt: skip
+        return [
+            {"name": name, "response": r.response, "answer": r.answer or None, "words": parse_emotion_list(r.answer),
+             "finished": r.finished, "num_response_tokens": r.num_tokens, "answer_start_log_conf": None,
+             "early_exit": dataclasses.asdict(r)}
+            for name, r in zip(names, results)
+        ]  # fmt: skip
 
     def _answer_start_confidence(self, prompt_ids, prompt_mask, media, rollouts, mode) -> list[list[float] | None]:
         """conf(c) at the answer start of each row (diagnostics module docstring): one forward.
@@ -378,6 +400,11 @@ class EvalRecipe:
                 diag = evaluation.slow_fast_diagnostics(
                     labels, records, scores, num_hard_negatives=self._num_hard_negatives
                 )
+            if self._early_exit is not None and entry["task"] != "sentiment":
+                diag = dict(diag or {}, early_exit=summarize_early_exit(
+                    [EarlyExitRecord(**records["slow"][n]["early_exit"]) for n in entry["names"]],
+                    [parse_emotion_list(labels[n]) if isinstance(labels[n], str) else [] for n in entry["names"]],
+                ))  # fmt: skip
             datasets[name] = {
                 "task": entry["task"],
                 "benchmark": entry["benchmark"],
@@ -399,6 +426,7 @@ class EvalRecipe:
                 "top_p": self._sampling.top_p, "top_k": self._sampling.top_k,
             },  # fmt: skip
             "answer_fallback": self._answer_fallback,
+            "early_exit": self._early_exit,
             "runtime": {"num_ranks": self._world_size, "generation": self._runtime},
         }
         return to_jsonable(report)

@@ -38,6 +38,7 @@ What a demanding user should know:
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -46,40 +47,51 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from torchtune import config
-from tqdm import tqdm
 
-from merr1.components import distributed, evaluation, hf_checkpoint, mme_emotion
+from merr1.components import distributed, evaluation, mme_emotion, training
+from merr1.components.config_checks import Above, AtLeast, Component, check_config, expand_list_item_overrides
 from merr1.components.data.frames import count_frames, png_data_url, read_frames
 from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids
 from merr1.components.judge import ChatRequest, RequestCache, run_cached
-from merr1.components.metric_logging import atomic_write_text, save_config, to_jsonable
+from merr1.components.metric_logging import atomic_write_text, progress_bar, save_config, to_jsonable
 from merr1.components.models import resolve_dtype
 from merr1.components.tokenizer import stop_token_ids
 
 log = logging.getLogger("merr1.eval_mme_emotion")
 
 MODES = ("slow", "fast")
-# Every top-level key the recipe reads; anything else in the config is a typo.
-CONFIG_KEYS = {
-    "output_dir", "seed", "device", "dtype", "checkpoint_dir", "tokenizer", "model", "data", "tasks", "modes",
-    "collator", "num_workers", "batch_size", "max_samples", "sampling", "extractor", "judge", "cache_path", "resume",
-}  # fmt: skip
-SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "stop_strings"}
+# Every key the recipe reads, with what it accepts; checked before anything is built (issue 11).
+CONFIG_SPEC = {
+    "output_dir": str,
+    "seed": int,
+    "device": Literal["cpu", "cuda", "auto"],
+    "dtype": Literal["fp32", "bf16"],
+    "checkpoint_dir": str | None,
+    "tokenizer": Component(),
+    "model": Component(keywords=("dtype", "device")),
+    "data": Component(positional=1, keywords=("task", "mode")),  # (tokenizer, task=..., mode=...)
+    "tasks": list[Literal[mme_emotion.TASKS]],
+    "modes": list[Literal[MODES]],
+    "collator": Component(positional=1),  # (tokenizer)
+    "num_workers": Annotated[int, AtLeast(0)],
+    "batch_size": Annotated[int, AtLeast(1)],
+    "max_samples": Annotated[int, AtLeast(1)] | None,
+    "sampling": {"max_new_tokens": Annotated[int, AtLeast(1)], "temperature": Annotated[float, AtLeast(0)],
+                 "top_p": Annotated[float, Above(0)], "top_k": Annotated[int, AtLeast(0)],
+                 "stop_strings": list[str] | None},  # fmt: skip
+    "extractor": Component(),
+    "judge": Component(),
+    "cache_path": str,
+    "resume": bool,
+}
 # What the stored answers depend on (answers/settings.json).
 ANSWER_SETTING_KEYS = ("checkpoint_dir", "tokenizer", "model", "dtype", "seed", "sampling", "data")
-
-
-def _check_keys(what: str, cfg: DictConfig, expected: set[str]) -> None:
-    unknown, missing = sorted(set(cfg.keys()) - expected), sorted(expected - set(cfg.keys()))
-    if unknown or missing:
-        raise ValueError(f"{what} keys: unknown {unknown}, missing {missing} (recipe reads {sorted(expected)})")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -91,26 +103,19 @@ class EvalMMEEmotionRecipe:
     """MME-Emotion stages A (answers), C (steps), D (judge), E (metrics). ``setup``, ``evaluate``, ``cleanup``."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        _check_keys("config", cfg, CONFIG_KEYS)
-        _check_keys("sampling", cfg.sampling, SAMPLING_KEYS)
-        self._world_size, self._rank = distributed.init_distributed()
-        self._is_rank_zero = self._rank == 0
-        self._device = distributed.device_for_rank(cfg.device)
+        check_config(cfg, CONFIG_SPEC)
+        process = training.init_process(cfg.device, cfg.seed)  # seeds seed + rank
+        self._device, self._world_size, self._rank = process.device, process.world_size, process.rank
+        self._is_rank_zero = process.is_rank_zero
+        self._seed = cfg.seed + self._rank  # sampling (temperature > 0) draws from a per-rank generator
         self._dtype = resolve_dtype(cfg.dtype)
         self._output_dir = Path(cfg.output_dir)
-        self._seed = distributed.set_seed(cfg.seed, self._rank)
         self._tasks = [mme_emotion.check_task(t) for t in cfg.tasks]
         self._modes = list(cfg.modes)
         if not self._tasks or len(set(self._tasks)) != len(self._tasks):
             raise ValueError(f"tasks must be a non-empty list of distinct tasks of {list(mme_emotion.TASKS)}")
         if not self._modes or len(set(self._modes)) != len(self._modes) or set(self._modes) - set(MODES):
             raise ValueError(f"modes must be a non-empty list of distinct modes of {list(MODES)}, got {self._modes}")
-        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-        if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer, got {cfg.num_workers!r}")
-        if cfg.max_samples is not None and (not isinstance(cfg.max_samples, int) or cfg.max_samples < 1):
-            raise ValueError(f"max_samples must be a positive integer or null (all), got {cfg.max_samples!r}")
         self._batch_size, self._max_samples = cfg.batch_size, cfg.max_samples
         self._resume = bool(cfg.resume)
         self._cache_path = Path(cfg.cache_path)
@@ -154,7 +159,7 @@ class EvalMMEEmotionRecipe:
                 backends = {"C": config.instantiate(cfg.extractor), "D": config.instantiate(cfg.judge)}
             except (ValueError, TypeError, ImportError, AttributeError) as e:
                 problem = f"extractor/judge config: {type(e).__name__}: {e}"
-        problem = self._broadcast(problem)
+        problem = distributed.broadcast_object(problem)
         if problem:
             raise ValueError(problem)
         return backends
@@ -175,7 +180,7 @@ class EvalMMEEmotionRecipe:
                            f"output_dir, or resume=false to delete them and start over")  # fmt: skip
             else:
                 _write_json(path, settings)
-        problem = self._broadcast(problem)
+        problem = distributed.broadcast_object(problem)
         if problem:
             raise ValueError(problem)
 
@@ -209,7 +214,7 @@ class EvalMMEEmotionRecipe:
         done = []
         if self._is_rank_zero:
             done = list(evaluation.load_records(path, set(data.names), ("name", "model_response")))
-        done_set = set(self._broadcast(done))
+        done_set = set(distributed.broadcast_object(done))
         missing = [n for n in names if n not in done_set]
         if not missing:
             return
@@ -218,13 +223,12 @@ class EvalMMEEmotionRecipe:
         num_steps = math.ceil(math.ceil(len(missing) / self._world_size) / self._batch_size)
         batches = iter(DataLoader(Subset(data, shard), batch_size=self._batch_size, shuffle=False,
                                   collate_fn=self._collator, num_workers=self._num_workers))  # fmt: skip
-        progress = tqdm(total=len(missing), desc=f"A answers {task} {mode}", disable=not self._is_rank_zero,
-                        dynamic_ncols=True)  # fmt: skip
+        progress = progress_bar(len(missing), f"A answers {task} {mode}", disable=not self._is_rank_zero)  # fmt: skip
         start = time.perf_counter()
         for _ in range(num_steps):
             batch = next(batches, None)
             records = self._predict_batch(batch) if batch is not None else []
-            gathered = [r for part in self._gather(records) for r in part]
+            gathered = [r for part in distributed.gather_objects(records) for r in part]
             if self._is_rank_zero:
                 evaluation.append_records(path, gathered)
                 progress.update(len(gathered))
@@ -354,38 +358,11 @@ class EvalMMEEmotionRecipe:
     def cleanup(self) -> None:
         distributed.destroy()
 
-    # --------------------------------------------------------------------------------------------
-    # Copied from recipes/eval_mer.py (model build, broadcast, gather). Issue 11 moves these into
-    # shared components; replace this block by those calls when it lands.
     def _setup_model(self, cfg: DictConfig) -> torch.nn.Module:
-        # Skeleton on every rank; rank 0 reads the weights and broadcasts them (no FSDP: each rank
-        # keeps the whole model for its own shard of the data).
-        model = config.instantiate(cfg.model, dtype=self._dtype, device="meta")
-        if cfg.checkpoint_dir is not None:
-            hf_checkpoint.load_hf_checkpoint(model, cfg.checkpoint_dir, self._device)
-        else:  # random initialisation from the builder's seed (tiny models, smoke tests)
-            full = None
-            if self._is_rank_zero:
-                full = config.instantiate(cfg.model, dtype=self._dtype, device="cpu").state_dict()
-            hf_checkpoint.load_full_state_dict(model, full, self._device)
-        model.eval()
-        model.requires_grad_(False)
-        return model
-
-    def _broadcast(self, obj: Any) -> Any:
-        if self._world_size == 1:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
-    def _gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj`` on rank 0 (in rank order); ``[]`` on the other ranks."""
-        if self._world_size == 1:
-            return [obj]
-        out = [None] * self._world_size if self._is_rank_zero else None
-        dist.gather_object(obj, out, dst=0)
-        return out if self._is_rank_zero else []
+        # No FSDP: each rank keeps the whole model (stored in ``dtype``) for its own shard of the
+        # data; rank 0 reads the weights and broadcasts them.
+        spec = training.ModelSpec(functools.partial(config.instantiate, cfg.model), cfg.checkpoint_dir, self._dtype)
+        return training.build_model(spec, role="eval", device=self._device, sharded=False)
 
 
 @config.parse
@@ -400,4 +377,5 @@ def recipe_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = expand_list_item_overrides(sys.argv)  # `key.N.sub=value` overrides of list items
     sys.exit(recipe_main())

@@ -47,9 +47,18 @@ from merr1.components.data import PromptCollator
 from merr1.components.data.collate import select_media
 from merr1.components.data.prompts import recheck_prompt_ids
 from merr1.components.emotion_wheel import ANSWER_SCHEMES
-from merr1.components.generation import SamplingConfig, StopStrings, generate, media_token_ids, teacher_forced_logits
-from merr1.components.metric_logging import SampleLogger
+from merr1.components.generation import (
+    DECODE_BACKENDS,
+    SamplingConfig,
+    StopStrings,
+    generate,
+    generate_in_batches,
+    media_token_ids,
+    teacher_forced_logits,
+)
+from merr1.components.metric_logging import SampleLogger, grpo_postfix, should_log_samples
 from merr1.components.models import is_thinker, resolve_dtype
+from merr1.components.parallel import gathered_parameters
 from merr1.components.tokenizer import stop_token_ids
 from merr1.rewards import EmotionSetRewards, RewardBatch, merge_outputs
 
@@ -73,9 +82,10 @@ CONFIG_SPEC = {
     "epochs": PositiveInt,
     "max_steps_per_epoch": PositiveInt | None,
     "shuffle": bool,
+    "rollout_batch_size": PositiveInt | None,  # prompts per generate call; null = all prompts of the step
     "generation": {"max_new_tokens": PositiveInt, "temperature": Annotated[float, Above(0)],
                    "top_p": Annotated[float, Above(0)], "top_k": Annotated[int, AtLeast(0)],
-                   "stop_strings": list[str] | None},  # fmt: skip
+                   "stop_strings": list[str] | None, "decode_backend": Literal[DECODE_BACKENDS]},  # fmt: skip
     "rewards": [Component()],
     "calibration": Component(optional=True),
     "advantage": Component(),
@@ -119,6 +129,7 @@ class GRPORecipe:
         self._group_size = cfg.num_generations
         self._num_iterations = cfg.num_iterations
         self._temperature = cfg.generation.temperature
+        self._rollout_batch_size = cfg.rollout_batch_size
         self._samples_every = cfg.log_samples_every_n_steps
         self._num_logged_samples = cfg.num_logged_samples
         self._run: training.TrainingRun | None = None
@@ -155,11 +166,13 @@ class GRPORecipe:
             self._model, optimizer, lr_scheduler, cfg.max_grad_norm, spec.float8_all_gather
         )
         self._setup_sampling(cfg.generation)
-        # Writes config.yaml, resumes (resume_from_checkpoint), opens metrics.jsonl.
+        # Writes config.yaml, resumes (resume_from_checkpoint), opens metrics.jsonl (+ metric_logger).
+        group_rewards = [name for group in self._advantage.groups for name, _ in group.rewards]
         self._run = training.TrainingRun(
             cfg, model=self._model, optimizer=optimizer, lr_scheduler=lr_scheduler, tokenizer=self._tokenizer,
             total_steps=self._loader.total_steps, desc="grpo",
-            postfix_keys=["reward/recall/mean", "reward/precision/mean", "loss", "time/step"],
+            postfix=functools.partial(grpo_postfix, reward_names=group_rewards),  # every reward a group uses
+            metric_logger=config.instantiate(cfg.metric_logger) if self._is_rank_zero and cfg.metric_logger else None,
             fingerprint={"model": OmegaConf.to_container(cfg.model, resolve=True), "batch_size": cfg.batch_size,
                          "grad_accum": cfg.gradient_accumulation_steps, "num_generations": self._group_size,
                          "steps_per_epoch": self._loader.steps_per_epoch,
@@ -201,11 +214,11 @@ class GRPORecipe:
         self._sampling = SamplingConfig(
             max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
             eos_token_ids=stop_ids, pad_token_id=self._tokenizer.pad_token_id, stop_strings=stop_strings,
-            suppress_token_ids=suppress,
+            suppress_token_ids=suppress, decode_backend=gen.decode_backend,
         )  # fmt: skip
         self._recheck_sampling = SamplingConfig(  # EMO-R3 re-checks: greedy, their own token budget
             max_new_tokens=gen.max_new_tokens, temperature=0.0, eos_token_ids=stop_ids,
-            pad_token_id=self._tokenizer.pad_token_id, suppress_token_ids=suppress,
+            pad_token_id=self._tokenizer.pad_token_id, suppress_token_ids=suppress, decode_backend=gen.decode_backend,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------- passes
@@ -316,15 +329,16 @@ class GRPORecipe:
         ]
 
     def _rollout(self, batch: dict[str, Any]) -> Rollout:
-        """Sample G responses per prompt (parameters gathered once inside ``generate``)."""
+        """Sample G responses per prompt, ``rollout_batch_size`` prompts per generate call."""
         prompt_ids = batch["prompt_ids"].to(self._device)  # [B, P]
         prompt_mask = batch["prompt_mask"].to(self._device)  # [B, P]
         media = {k: v.to(self._device) for k, v in batch["media"].items()} if batch["media"] else None
         self._model.eval()
         with torch.no_grad(), self._autocast():
-            sampled = generate(
+            sampled = generate_in_batches(
                 self._model, prompt_ids, prompt_mask, self._sampling, num_samples=self._group_size, media=media,
                 generator=self._row_generators(batch["names"]),
+                rollout_batch_size=self._rollout_batch_size or len(batch["names"]),
             )  # fmt: skip
         self._model.train()
         return Rollout(
@@ -349,12 +363,8 @@ class GRPORecipe:
         return rewards, {**logged.metrics, **outputs.metrics}
 
     def _loss_normalizer(self, response_mask: torch.Tensor) -> float:
-        """Sequences (grpo, dr_grpo) or tokens (dapo) of one update, summed over all ranks."""
-        if self._loss.aggregation == "dapo":
-            local = float(response_mask.sum())
-        else:
-            local = float((response_mask.sum(-1) > 0).sum())
-        return max(distributed.all_reduce_scalar(local, "sum"), 1.0)
+        """The loss's normalizer of one update (``GRPOLoss.local_normalizer``), summed over all ranks."""
+        return max(distributed.all_reduce_scalar(self._loss.local_normalizer(response_mask), "sum"), 1.0)
 
     def _policy_update(self, rollout: Rollout, advantages, old_logprobs, ref_logprobs) -> dict[str, float]:
         """One optimizer step over all micro-batches of the step's rollouts (Eq. 3)."""
@@ -385,12 +395,13 @@ class GRPORecipe:
 
     def _grpo_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         lap = training.Laps()
-        rollout = self._rollout(batch)
-        lap("generate")
-        extras: dict[str, Any] = {"reflective_generate": self._reflective_generate(rollout)}
-        old_logprobs = None  # None: the detached current log-probs (ratio 1) in a single update
-        if self._calibration is not None or self._num_iterations > 1:
-            old_logprobs, extras["calibration"] = self._rollout_policy_pass(rollout)
+        with gathered_parameters(self._model):  # FSDP2: one all-gather for the whole rollout phase
+            rollout = self._rollout(batch)
+            lap("generate")
+            extras: dict[str, Any] = {"reflective_generate": self._reflective_generate(rollout)}
+            old_logprobs = None  # None: the detached current log-probs (ratio 1) in a single update
+            if self._calibration is not None or self._num_iterations > 1:
+                old_logprobs, extras["calibration"] = self._rollout_policy_pass(rollout)
         ref_logprobs = self._reference_logprobs(rollout) if self._ref_model is not None else None
         lap("calibrate")
         rewards, reward_metrics = self._score(rollout, extras)
@@ -426,7 +437,7 @@ class GRPORecipe:
 
     def _maybe_log_samples(self, rollout: Rollout, rewards, advantages) -> None:
         step = self._position.global_step + 1
-        if step % self._samples_every or not self._is_rank_zero:
+        if not should_log_samples(step, self._samples_every) or not self._is_rank_zero:  # step 1, then every N
             return
         samples = []
         for row in range(min(self._num_logged_samples, len(rollout.texts))):

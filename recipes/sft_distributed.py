@@ -39,6 +39,7 @@ from merr1.components import distributed, training
 from merr1.components.config_checks import AtLeast, Component, check_config, expand_list_item_overrides
 from merr1.components.data import IGNORE_INDEX
 from merr1.components.loss import cross_entropy_sum
+from merr1.components.metric_logging import format_metrics
 from merr1.components.models import logits_only_at, resolve_dtype
 
 log = logging.getLogger("merr1.sft")
@@ -97,10 +98,12 @@ class SFTRecipe:
         self._optimizer_step = training.OptimizerStep(
             self._model, optimizer, lr_scheduler, cfg.max_grad_norm, spec.float8_all_gather
         )
-        # Writes config.yaml, resumes (resume_from_checkpoint), opens metrics.jsonl.
+        # Writes config.yaml, resumes (resume_from_checkpoint), opens metrics.jsonl (+ metric_logger).
         self._run = training.TrainingRun(
             cfg, model=self._model, optimizer=optimizer, lr_scheduler=lr_scheduler, tokenizer=self._tokenizer,
-            total_steps=self._loader.total_steps, postfix_keys=["loss", "lr", "grad_norm"], desc="sft",
+            total_steps=self._loader.total_steps, desc="sft",
+            postfix=functools.partial(format_metrics, keys=["loss", "lr", "grad_norm"]),
+            metric_logger=config.instantiate(cfg.metric_logger) if self._is_rank_zero and cfg.metric_logger else None,
             fingerprint={"model": OmegaConf.to_container(cfg.model, resolve=True), "batch_size": cfg.batch_size,
                          "grad_accum": cfg.gradient_accumulation_steps, "epochs": cfg.epochs,
                          "steps_per_epoch": self._loader.steps_per_epoch,

@@ -158,7 +158,7 @@ def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
 
 SETTINGS_FILE = "settings.json"
 GENERATION_KEYS = (
-    "checkpoint_dir", "tokenizer", "model", "dtype", "seed", "sampling", "answer_fallback", "diagnostics",
+    "checkpoint_dir", "tokenizer", "model", "dtype", "seed", "sampling", "answer_fallback", "diagnostics", "early_exit",
 )  # fmt: skip
 
 

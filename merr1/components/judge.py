@@ -190,7 +190,7 @@ def run_cached(
         desc: progress-bar label.
         progress: show a tqdm bar (remaining requests, rate, ETA).
     """
-    from tqdm import tqdm
+    from merr1.components.metric_logging import progress_bar
 
     identity = backend.identity()
     keys, tags = [], []
@@ -208,7 +208,7 @@ def run_cached(
     if num_cached or len(todo) + num_cached < len(keys):
         log.info("%s: %d of %d replies cached, %d duplicate requests, sending %d", desc, num_cached, len(keys),
                  len(keys) - num_cached - len(todo), len(todo))  # fmt: skip
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, dynamic_ncols=True)
+    bar = progress_bar(len(todo), desc, disable=not progress or not todo)  # throttled outside a terminal
     by_key: dict[str, ChatReply] = {}
     replies_in = backend.complete([requests[i] for i in todo]) if todo else ()  # all cached: no model to load
     try:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from merr1.components import distributed, hf_checkpoint, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.config_checks import AtLeast, Component
-from merr1.components.metric_logging import MetricLogger, format_metrics, save_config
+from merr1.components.metric_logging import MetricLogger, progress_bar, save_config
 from merr1.components.models import multimodal_encoders, resolve_dtype
 from merr1.components.optim import clip_grad_norm
 
@@ -67,9 +67,10 @@ OPTIMIZER_CONFIG: dict[str, Any] = {
     "lr_scheduler": Component(positional=1, keywords=("num_training_steps",)),  # (optimizer)
     "max_grad_norm": float,
 }
-# The keys ``TrainingRun`` reads.
+# The keys ``TrainingRun`` reads (``metric_logger`` is instantiated by the recipe, on rank 0).
 RUN_CONFIG: dict[str, Any] = {
     "output_dir": str,
+    "metric_logger": Component(optional=True),
     "save_every_n_steps": PositiveInt | None,
     "keep_last_n_checkpoints": PositiveInt | None,
     "save_dtype": Literal["fp32", "bf16"],
@@ -372,8 +373,11 @@ class TrainingRun:
         tokenizer: saved next to the HF weights.
         total_steps: optimizer steps of the whole run (the progress bar's total).
         fingerprint: values a resumed run must share with the checkpoint (``TrainingCheckpointer``).
-        postfix_keys: metrics shown in the progress bar.
+        postfix: one step's metrics -> the progress bar's postfix text.
         desc: progress-bar label.
+        metric_logger: the instantiated ``metric_logger`` component (any torchtune metric logger, or
+            an object with its methods) or None; it gets every step's numbers next to
+            ``metrics.jsonl`` (always written: the source of truth for resume and plots).
     """
 
     def __init__(
@@ -386,18 +390,17 @@ class TrainingRun:
         tokenizer,
         total_steps: int,
         fingerprint: Mapping[str, Any],
-        postfix_keys: Sequence[str],
+        postfix: Callable[[Mapping[str, Any]], str],
         desc: str,
+        metric_logger: Any = None,
     ) -> None:
-        from tqdm import tqdm
-
         resolved = _resolved(cfg)
         self.output_dir = Path(cfg["output_dir"])
         self.model, self.optimizer, self.lr_scheduler, self.tokenizer = model, optimizer, lr_scheduler, tokenizer
         self.save_every = cfg["save_every_n_steps"]
         self.log_every = cfg["log_every_n_steps"]
         self.save_dtype = resolve_dtype(cfg["save_dtype"])
-        self.postfix_keys = list(postfix_keys)
+        self.postfix = postfix
         if distributed.is_rank_zero():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(resolved, self.output_dir / "config.yaml")
@@ -408,23 +411,22 @@ class TrainingRun:
         self.start = DataPosition()
         if resumed:
             self.start = self.checkpointer.load_latest(model, optimizer, lr_scheduler).position
-        self.metric_logger = MetricLogger(self.output_dir, resume_step=self.start.global_step if resumed else None)
+        self.metric_logger = MetricLogger(
+            self.output_dir, resume_step=self.start.global_step if resumed else None, backend=metric_logger
+        )
+        self.metric_logger.log_config(cfg)  # torchtune's loggers take the config as the recipe got it
         self.preemption = PreemptionHandler()
-        self.progress = tqdm(
-            total=total_steps,
-            initial=self.start.global_step,
-            disable=not distributed.is_rank_zero(),
-            desc=desc,
-            dynamic_ncols=True,
+        self.progress = progress_bar(
+            total_steps, desc, initial=self.start.global_step, disable=not distributed.is_rank_zero()
         )
 
     def end_step(self, position: DataPosition, metrics: Mapping[str, Any]) -> bool:
         """Log the step, save if due; True when the run must stop (preempted: saved first)."""
         step = position.global_step
         self.metric_logger.log(step, metrics)
+        if step % self.log_every == 0:  # before update: a printed line shows its own step's numbers
+            self.progress.set_postfix_str(self.postfix(metrics), refresh=False)
         self.progress.update(1)
-        if step % self.log_every == 0:
-            self.progress.set_postfix_str(format_metrics(metrics, self.postfix_keys))
         if self.save_every and step % self.save_every == 0:
             self.save(position)
         if self.preemption.should_stop():

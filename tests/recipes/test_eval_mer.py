@@ -236,3 +236,27 @@ def test_7b_config_has_the_tiny_configs_keys():
     paper_sets = ["OV-MERD+", "MER2023", "MER2024", "MELD", "IEMOCAP", "MOSI", "MOSEI", "SIMS", "SIMSv2"]
     assert [d["name"] for d in big["datasets"]] == paper_sets
     assert big["sentiment_mapper"]["_component_"] == "merr1.components.sentiment.LLMSentimentMapper"
+
+
+def test_videoauto_early_exit_mode_reports_a1_a2_and_the_chosen_answer(tmp_path):
+    """early_exit.enabled on a VideoAuto-R1-format set: slow answers come from early_exit_generate
+    (a random tiny model never writes a confident box: nothing exits, a2 is decoded for all), the
+    records keep a1/a2/confidence/tokens and the report gives the early-exit summary."""
+    out = tmp_path / "early_exit"
+    eval_run(CONFIG, [f"output_dir={out}", "max_samples=3", "batch_size=2", "sampling.max_new_tokens=16",
+                      "datasets.0.response_format=videoauto_r1", "~datasets.2", "~datasets.1",
+                      "early_exit.enabled=true", "early_exit.answer_max_new_tokens=6"])  # fmt: skip
+    records = read_jsonl(out / "predictions" / "ovmerd.slow.jsonl")
+    assert len(records) == 3
+    for record in records:
+        ee = record["early_exit"]
+        assert set(ee) >= {"a1", "a2", "answer", "exited", "confidence", "num_tokens", "num_tokens_saved"}
+        assert ee["exited"] is False and ee["num_tokens"] == record["num_response_tokens"] <= 16
+        assert record["answer"] == (ee["answer"] or None)
+    fast = read_jsonl(out / "predictions" / "ovmerd.fast.jsonl")
+    assert all("early_exit" not in r for r in fast)  # fast mode is unchanged
+    report = json.loads((out / "report.json").read_text())
+    summary = report["datasets"]["ovmerd"]["diagnostics"]["early_exit"]
+    assert summary["num_samples"] == 3 and summary["early_exit_rate"] == 0.0 and summary["num_a2"] == 3
+    assert {"a1/f1", "a2/f1", "answer/f1", "tokens_saved", "mean_tokens"} <= set(summary)
+    assert report["early_exit"]["threshold"] == 0.97
