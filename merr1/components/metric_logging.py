@@ -394,6 +394,10 @@ def progress_interval_s(value: float | None = None) -> float:
     return float(value)
 
 
+# Progress lines outside a terminal: "grpo:  50% 1/2 [00:03<00:03, 2.6s/it, recall=0.25 ...]".
+_LOG_LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
 def progress_bar(
     total: int,
     desc: str,
@@ -425,7 +429,8 @@ def progress_bar(
                          dynamic_ncols=True, live=True)  # fmt: skip
     return _Progress(
         total=total, initial=initial, desc=desc, disable=disable, file=_LineWriter(file), live=False,
-        mininterval=progress_interval_s(interval_s), maxinterval=float("inf"), miniters=1, ascii=True, ncols=100,
+        mininterval=progress_interval_s(interval_s), maxinterval=float("inf"), miniters=1, ascii=True,
+        bar_format=_LOG_LINE_FORMAT,  # no bar graphic and no width limit: the whole postfix stays in the line
     )  # fmt: skip
 
 

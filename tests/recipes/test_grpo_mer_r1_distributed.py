@@ -209,3 +209,28 @@ def test_config_errors_name_the_dotted_key_the_value_and_what_is_accepted(tmp_pa
         GRPORecipe(cfg)
     assert expected in str(err.value)
     assert len(str(err.value).splitlines()) == 2  # exactly one problem: the other overrides are fine
+
+
+def test_tracking_progress_samples_and_rollout_batches(tmp_path, tiny_sft_checkpoint, monkeypatch):
+    """One 2-step run with a torchtune DiskLogger, unthrottled plain progress lines and one prompt
+    per generate call, against the same run in one generate call per step (issue 16, 17)."""
+    monkeypatch.setenv("MERR1_PROGRESS_INTERVAL_S", "0")  # a line per step (stderr is not a terminal)
+    common = [f"checkpoint_dir={tiny_sft_checkpoint}", "max_steps_per_epoch=2", "batch_size=2",
+              "log_samples_every_n_steps=10", *SMALL]  # fmt: skip
+    logs = tmp_path / "disk"
+    proc = tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'batched'}", "rollout_batch_size=1",
+                                     "metric_logger._component_=torchtune.training.metric_logging.DiskLogger",
+                                     f"metric_logger.log_dir={logs}", *common])  # fmt: skip
+    whole = tune_run(RECIPE, CONFIG, [f"output_dir={tmp_path / 'whole'}", *common])
+    batched, single = read_jsonl(tmp_path / "batched" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    for a, b in zip(batched, single):  # per-row seeds: the batching does not change the rollouts
+        for key in ("reward/recall/mean", "reward/format/mean", "response_length/mean"):
+            assert a[key] == b[key], key
+    (disk_log,) = logs.glob("*.txt")
+    steps = [line.split()[1] for line in disk_log.read_text().splitlines() if line.startswith("Step")]
+    assert steps == ["1", "2"] and "reward/recall/mean" in disk_log.read_text()
+    assert {s["step"] for s in read_jsonl(tmp_path / "batched" / "samples.jsonl")} == {1}  # step 1 always
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("grpo:")]
+    assert progress and "\r" not in proc.stderr.split("grpo:", 1)[1].split("\n", 1)[0]
+    assert any("cali_pos=" in line and "format=" in line for line in progress), progress  # every group reward
+    assert whole.returncode == 0
