@@ -89,9 +89,11 @@ def test_two_rank_fsdp2_resume_and_sigterm_on_one_rank(tmp_path):
     # Resume from the SIGTERM checkpoint to the end: every step equals the uninterrupted run.
     assert run_on_ranks(toy.run, 2, tmp_path, resume=True, save_every=4, **common) == ["done"] * 2
     assert toy.read_metrics(run_dir) == reference
-    # step_8 of the first launch was replaced by the resumed run's (no temp dirs left behind).
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_4", "step_6", "step_8"]
-    assert not (run_dir / "checkpoints" / "step_8" / "full_model.pt").exists()
+    # step_8 of the first launch was superseded by the resumed run's, committed under a new name
+    # (no temp dirs left behind).
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_4", "step_6", "step_8.v2"]
+    assert TrainingCheckpointer(run_dir).step_dir(8).name == "step_8.v2"
+    assert not (run_dir / "checkpoints" / "step_8.v2" / "full_model.pt").exists()
 
 
 def _fresh_toy_state(num_steps: int = 10):
@@ -159,7 +161,7 @@ def test_exception_during_save_leaves_previous_checkpoint(tmp_path):
         checkpointer.save(model, optimizer, scheduler, DataPosition(0, 4, 4), write_extra_files=crash)
     assert checkpointer.latest_step() == 2
     assert not checkpointer.step_dir(4).exists()
-    assert (tmp_path / "checkpoints" / ".tmp_step_4").exists()
+    assert not (tmp_path / "checkpoints" / ".tmp_step_4").exists()  # the partial save is removed
 
     fresh_model, fresh_optimizer, fresh_scheduler = _fresh_toy_state()
     restored = TrainingCheckpointer(tmp_path).load_latest(fresh_model, fresh_optimizer, fresh_scheduler)
@@ -167,7 +169,6 @@ def test_exception_during_save_leaves_previous_checkpoint(tmp_path):
     for name, tensor in fresh_model.state_dict().items():
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
 
-    # The next save cleans up the crashed one.
     checkpointer.save(model, optimizer, scheduler, DataPosition(0, 4, 4))
     assert checkpointer.latest_step() == 4
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2", "step_4"]
@@ -207,10 +208,10 @@ def test_crash_between_rename_and_pointer_update(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpointer.step_dir(2).exists() and checkpointer.latest_step() == 1
     assert TrainingCheckpointer(tmp_path).load_latest(*_fresh_toy_state()).position.global_step == 1
-    # Training redoes step 2 and saves it again: the stale step_2 is replaced.
+    # Training redoes step 2 and saves it again under a new name; the stale step_2 goes after the commit.
     TrainingCheckpointer(tmp_path).save(model, optimizer, scheduler, DataPosition(0, 2, 2))
     assert checkpointer.latest_step() == 2
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_1", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_1", "step_2.v2"]
 
 
 def _raise_for_latest(write):
@@ -242,7 +243,7 @@ def test_new_run_overwrites_same_step_of_an_old_run(tmp_path):
     TrainingCheckpointer(tmp_path).load_latest(*fresh)
     for name, tensor in fresh[0].state_dict().items():
         torch.testing.assert_close(tensor, new_params[name], rtol=0, atol=0)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2.v2"]
 
 
 # --------------------------------------------------------------------------- pruning
@@ -312,7 +313,7 @@ def test_corrupt_or_dangling_pointer(tmp_path):
     with pytest.raises(ValueError, match="latest is corrupt"):
         checkpointer.latest_step()
     (tmp_path / "checkpoints" / "latest").write_text("step_7\n")
-    with pytest.raises(FileNotFoundError, match="step_7 is missing or incomplete"):
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="no intact checkpoint .* step_7: directory missing"):
         checkpointer.load_latest(*_fresh_toy_state())
 
 
