@@ -343,17 +343,18 @@ class TrainingCheckpointer:
 
     def _after_failed_save(self, err: BaseException, tmp_dir: Path, step: int, needed: int, rank: int) -> None:
         """Remove the partial save (every rank has stopped writing) and name a full disk as such."""
+        free = _free_bytes(self.checkpoints_dir)  # before the partial save is removed
+        barrier()  # every rank measured before rank 0 deletes
         if rank == 0:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC and "free" in str(err):
             return  # the free-space check's own error
-        free = _free_bytes(self.checkpoints_dir)
         if _is_disk_full(err, free):
             raise OSError(
                 errno.ENOSPC,
-                f"disk full while writing checkpoint step_{step} into {self.checkpoints_dir}: {free} bytes free "
-                f"now, about {needed} bytes needed. The partial save was removed and 'latest' still names "
-                f"{self.latest_name()}. Free space (or lower keep_last_n_checkpoints) and resume",
+                f"disk full while writing checkpoint step_{step} into {self.checkpoints_dir}: {free} bytes were free "
+                f"when the write failed, about {needed} bytes are needed. The partial save was removed and 'latest' "
+                f"still names {self.latest_name()}. Free space (or lower keep_last_n_checkpoints) and resume",
             ) from err
 
     def _write_manifest(self, tmp_dir: Path, world_size: int, rank: int) -> None:
@@ -433,8 +434,8 @@ class TrainingCheckpointer:
             still_to_come = self.keep_last_n + 1 - len(self._committed())
             if room_for < still_to_come:
                 logger.warning(
-                    "%s has room for %d more checkpoint(s) of ~%d bytes, but keeping %d needs %d more: "
-                    "a later save will fail for lack of space",
+                    "%s has room for %d checkpoint(s) of ~%d bytes, but keep_last_n=%d needs room for %d more "
+                    "(the kept ones plus the next one while it is written): a later save will fail for lack of space",
                     self.checkpoints_dir, room_for, needed, self.keep_last_n, still_to_come,
                 )  # fmt: skip
         return needed
