@@ -30,6 +30,10 @@ NON_TRAJECTORY_KEYS: tuple[str, ...] = (
     "save_every_n_steps",
     "keep_last_n_checkpoints",
     "save_dtype",  # dtype of the exported HF weights only
+    # Memory/speed only: the same numbers (tests/merr1/components/test_parallel.py checks
+    # bit-identical losses and gradients with and without them).
+    "enable_activation_checkpointing",
+    "fsdp_reshard_after_forward",
     "resume_from_checkpoint",
     "resume_allow_changed",
 )

@@ -89,7 +89,9 @@ def test_flatten_config(config, expected):
         ({"batch_size": 8.0}, []),  # YAML may write an int as a float
         # Harmless: logging, saving, workers, output folder, the resume flag itself.
         ({"output_dir": "/runs/b", "log_every_n_steps": 10, "num_workers": 4, "save_every_n_steps": 100,
-          "keep_last_n_checkpoints": 1, "resume_from_checkpoint": True, "resume_allow_changed": ["seed"]}, []),  # fmt: skip
+          "keep_last_n_checkpoints": 1, "resume_from_checkpoint": True, "resume_allow_changed": ["seed"],
+          "enable_activation_checkpointing": True, "fsdp_reshard_after_forward": False}, []),  # fmt: skip
+        ({"compile": True, "dtype": "bf16"}, ['compile: <unset> -> true', 'dtype: <unset> -> "bf16"']),  # numerics change
     ],
 )
 def test_changed_settings(changes, expected):
