@@ -1031,6 +1031,9 @@ class PreemptionHandler:
             return
         if self.received is None:
             self.received = sig
+            again = " (Ctrl-C again to stop at once, without saving)" if sig == signal.SIGINT else ""
+            # os.write: safe inside a signal handler (logging could be holding its lock right now).
+            os.write(2, f"received {sig.name}: finishing this step, then saving a resumable checkpoint{again}\n".encode())
 
     def _default(self, sig: signal.Signals, frame: FrameType | None) -> None:
         """What ``sig`` did before this handler was installed."""
