@@ -474,16 +474,9 @@ class TrainingCheckpointer:
             ValueError: the checkpoint does not fit this run (config changes, fingerprint, world
                 size, or model and optimizer parameter names/shapes).
         """
-        name = self.latest_name()
-        if name is None:
-            raise FileNotFoundError(
-                f"resume requested but there is no checkpoint in {self.checkpoints_dir} (no 'latest' file); "
-                "start without resuming or point output_dir at the run to resume"
-            )
-        step, version = _parse_name(name)
-        candidates = [self.checkpoints_dir / name] + [
-            path for s, v, path in reversed(self._committed()) if (s, v) < (step, version)
-        ]
+        # Rank 0 lists the candidates, so that every rank verifies the same directories in the
+        # same order even if a rank's view of a shared filesystem lags.
+        candidates = [Path(p) for p in _from_rank0(self._resume_candidates)]
         damaged = []
         for path in candidates:
             problems = self.verify(path)
@@ -499,6 +492,18 @@ class TrainingCheckpointer:
             f"cannot resume: no intact checkpoint in {self.checkpoints_dir}. Damaged: " + " | ".join(damaged)
         )
 
+    def _resume_candidates(self) -> list[str]:
+        """The directory ``latest`` names, then every older committed checkpoint, newest first."""
+        name = self.latest_name()
+        if name is None:
+            raise FileNotFoundError(
+                f"resume requested but there is no checkpoint in {self.checkpoints_dir} (no 'latest' file); "
+                "start without resuming or point output_dir at the run to resume"
+            )
+        step, version = _parse_name(name)
+        older = [str(path) for s, v, path in reversed(self._committed()) if (s, v) < (step, version)]
+        return [str(self.checkpoints_dir / name), *older]
+
     def load(
         self,
         step: int,
@@ -509,7 +514,7 @@ class TrainingCheckpointer:
         generators: Mapping[str, torch.Generator] | None = None,
     ) -> ResumeState:
         """Like ``load_latest`` for the checkpoint of a given step (``step_dir(step)``; no fallback)."""
-        path = self.step_dir(step)
+        path = Path(_from_rank0(lambda: str(self.step_dir(step))))
         problems = self.verify(path)
         if problems:
             raise CorruptCheckpointError(f"checkpoint {path} is damaged: " + "; ".join(problems))
@@ -853,34 +858,41 @@ def _on_every_rank(fn: Callable[[], None]) -> None:
 
 
 def _from_rank0(fn: Callable[[], Any]) -> Any:
-    """Rank 0 runs ``fn``; its result (or its error, raised on every rank) reaches every rank."""
-    _, rank = get_world_size_and_rank()
+    """Rank 0 runs ``fn``; its result reaches every rank. If it raises, rank 0 re-raises its
+    error and the other ranks raise a RuntimeError quoting it (none is left waiting)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    error: BaseException | None = None
     result: tuple[str, Any] = ("", None)
-    if rank == 0:
+    if dist.get_rank() == 0:
         try:
             result = ("ok", fn())
         except Exception as err:
-            if not (dist.is_available() and dist.is_initialized()):
-                raise
-            result = ("error", f"{type(err).__name__}: {err}")
+            error, result = err, ("error", f"{type(err).__name__}: {err}")
     status, value = _broadcast_object(result)
+    if error is not None:
+        raise error
     if status == "error":
-        raise RuntimeError(f"rank 0 failed while saving the checkpoint: {value}")
+        raise RuntimeError(f"rank 0 failed: {value}")
     return value
 
 
 def _gather_from_every_rank(fn: Callable[[], Any]) -> list[Any]:
-    """Every rank runs ``fn``; all results in rank order, or an error on every rank if one failed."""
+    """Every rank runs ``fn``; all results in rank order. If any rank raises, that rank re-raises
+    its error and the others raise a RuntimeError quoting it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [fn()]
+    error: BaseException | None = None
     try:
         result: tuple[str, Any] = ("ok", fn())
     except Exception as err:
-        if not (dist.is_available() and dist.is_initialized()):
-            raise
-        result = ("error", f"{type(err).__name__}: {err}")
+        error, result = err, ("error", f"{type(err).__name__}: {err}")
     gathered = _all_gather_object(result)
-    failed = [(r, value) for r, (status, value) in enumerate(gathered) if status == "error"]
+    if error is not None:
+        raise error
+    failed = [f"rank {r} failed: {value}" for r, (status, value) in enumerate(gathered) if status == "error"]
     if failed:
-        raise RuntimeError("; ".join(f"rank {r} failed while saving the checkpoint: {value}" for r, value in failed))
+        raise RuntimeError("; ".join(failed))
     return [value for _, value in gathered]
 
 

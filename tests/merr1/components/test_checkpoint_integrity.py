@@ -357,3 +357,32 @@ def test_real_disk_full_on_a_20mb_tmpfs(small_tmpfs, monkeypatch):
     restored, weights = _load_into_fresh(small_tmpfs, width=100_000)
     assert restored.position.global_step == 1
     _assert_same(weights, weights_1)
+
+
+def _save_with_a_failing_rank(output_dir: Path, failing_rank: int) -> str:
+    """2 ranks save; the extra-files hook raises on one rank only."""
+    import torch.distributed as dist
+
+    model, optimizer = _state()
+    checkpointer = TrainingCheckpointer(output_dir)
+    checkpointer.save(model, optimizer, None, DataPosition(0, 1, 1))
+
+    def hook(step_dir: Path) -> None:
+        if dist.get_rank() == failing_rank:
+            raise OSError("device lost")
+
+    try:
+        checkpointer.save(model, optimizer, None, DataPosition(0, 2, 2), write_extra_files=hook)
+    except Exception as err:  # every rank must get here instead of waiting in a collective
+        return f"{type(err).__name__}: {err}"
+    return "saved"
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failure_on_one_rank_raises_on_every_rank(tmp_path, failing_rank):
+    results = run_on_ranks(_save_with_a_failing_rank, 2, tmp_path, timeout_s=60, output_dir=tmp_path / "run",
+                           failing_rank=failing_rank)  # fmt: skip
+    assert results[failing_rank] == "OSError: device lost"
+    assert results[1 - failing_rank] == "RuntimeError: another rank failed while saving the checkpoint (its log has the error)"
+    assert TrainingCheckpointer(tmp_path / "run").latest_name() == "step_1"
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step_1"]
