@@ -144,7 +144,18 @@ def main() -> None:
     register()
     from torchtune._cli.tune import main as tune_main
 
-    tune_main()
+    try:
+        tune_main()
+    except BaseException as error:
+        # `tune run --nproc_per_node N` runs torchrun in this process: after a preemption save
+        # exit 143/130 like a single process does, not torchrun's 1 (merr1/launch.py).
+        from merr1.launch import launcher_exit_code
+
+        code = launcher_exit_code(error) if not isinstance(error, SystemExit) else None
+        if code is None:
+            raise
+        print(f"tune: the run was stopped by a signal after its preemption save; exit code {code}", file=sys.stderr)
+        sys.exit(code)
 
 
 def format_listing(recipes: list[MerRecipe]) -> str:

@@ -61,6 +61,7 @@ are over tokens; with sequence ratios over the sequences that have at least one 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -246,6 +247,14 @@ class GRPOLoss:
         importance_ratio: ImportanceRatio = "token",
     ) -> None:
         _check_options(aggregation, max_len, importance_ratio)
+        # A negative KL weight rewards moving away from the reference; a clip range <= 0 freezes
+        # the ratio. Both are refused (issue 15) instead of training something else silently.
+        for name, value, positive in (("beta", beta, False), ("clip_low", clip_low, True), ("clip_high", clip_high, True)):
+            if value is None:  # clip_high None = clip_low
+                continue
+            finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not finite or value < 0 or (positive and value == 0):
+                raise ValueError(f"loss.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
         self.clip_low = clip_low
         self.clip_high = clip_low if clip_high is None else clip_high
         self.beta = beta

@@ -473,11 +473,52 @@ def ties_word_embeddings(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+# A tokenizer transformers can load needs one of these in the checkpoint directory.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_checkpoint_dir(checkpoint_dir: str | Path) -> Path:
+    """Refuse a ``checkpoint_dir`` that is not an HF checkpoint folder, saying what is missing.
+
+    The recipes read the tokenizer first, so without this an empty folder surfaced as
+    transformers' "Couldn't instantiate the backend tokenizer".
+
+    Returns:
+        The directory as a ``Path``.
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+        ValueError: it is empty, or lacks ``config.json``, the weights or the tokenizer files.
+    """
+    path = Path(checkpoint_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint_dir {path} does not exist (or is not a directory)")
+    names = sorted(p.name for p in path.iterdir())
+    expected = (
+        "an HF checkpoint folder (config.json, model.safetensors or model.safetensors.index.json with its shards, "
+        "tokenizer files such as tokenizer.json)"
+    )
+    if not names:
+        raise ValueError(f"checkpoint_dir {path} is empty: expected {expected}")
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
+        missing.append("model.safetensors or model.safetensors.index.json")
+    if not any(name in names for name in _TOKENIZER_FILES):
+        missing.append(f"a tokenizer (one of {list(_TOKENIZER_FILES)})")
+    if missing:
+        shown = names[:10] + (["..."] if len(names) > 10 else [])
+        raise ValueError(f"checkpoint_dir {path} lacks {', '.join(missing)}; it holds {shown}. Expected {expected}")
+    return path
+
+
 def checkpoint_tokenizer(checkpoint_dir: str | Path | None = None):
-    """The tokenizer of a checkpoint directory; ``None`` -> the shipped tiny tokenizer."""
+    """The tokenizer of a checkpoint directory (``check_checkpoint_dir`` first); ``None`` -> the
+    shipped tiny tokenizer."""
     from merr1.components.tokenizer import load_tokenizer, tiny_tokenizer
 
-    return tiny_tokenizer() if checkpoint_dir is None else load_tokenizer(checkpoint_dir)
+    return tiny_tokenizer() if checkpoint_dir is None else load_tokenizer(check_checkpoint_dir(checkpoint_dir))
 
 
 def checkpoint_processor(checkpoint_dir: str | Path):

@@ -3,7 +3,8 @@
 - ``build_adamw``: AdamW with weight decay on matrices only (params with ``ndim >= 2``: linear and
   embedding weights); biases and norm scales (``ndim < 2``) are not decayed (nanoGPT's rule).
   ``fused=True`` when every parameter is on CUDA, else ``foreach=True``.
-- ``cosine_schedule_with_warmup``: linear warmup then cosine decay to ``min_lr_ratio * lr``.
+- ``cosine_schedule_with_warmup``: linear warmup then cosine decay to ``min_lr_ratio * lr``
+  (a warmup longer than the run is clamped to the run, with a warning).
 - ``clip_grad_norm``: ``torch.nn.utils.clip_grad_norm_`` (which handles FSDP2 DTensor gradients
   in torch 2.13: the total norm comes back as a replicated DTensor) returning a plain float.
 """
@@ -11,12 +12,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+logger = logging.getLogger(__name__)
 
 
 def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -100,7 +104,8 @@ def cosine_schedule_with_warmup(
     Args:
         optimizer: optimizer whose param groups hold the peak lr.
         num_training_steps: total number of optimizer steps ``T`` (the recipe computes it).
-        num_warmup_steps: warmup steps ``W`` (0 = start at the peak lr).
+        num_warmup_steps: warmup steps ``W`` (0 = start at the peak lr); a ``W`` longer than the
+            run is clamped to ``T`` with a warning.
         min_lr_ratio: final lr as a fraction of the peak lr, in [0, 1].
 
     Returns:
@@ -109,10 +114,15 @@ def cosine_schedule_with_warmup(
     """
     if num_warmup_steps < 0:
         raise ValueError(f"num_warmup_steps must be >= 0, got {num_warmup_steps}")
-    if num_training_steps < num_warmup_steps:
-        raise ValueError(
-            f"num_training_steps ({num_training_steps}) must be >= num_warmup_steps ({num_warmup_steps})"
-        )
+    if num_training_steps < 0:
+        raise ValueError(f"num_training_steps must be >= 0, got {num_training_steps}")
+    if num_training_steps < num_warmup_steps:  # e.g. a smoke run with max_steps_per_epoch=3
+        logger.warning(
+            "lr_scheduler.num_warmup_steps (%d) is longer than the run (%d optimizer steps): clamped to %d, "
+            "so the whole run warms up and never reaches the peak lr",
+            num_warmup_steps, num_training_steps, num_training_steps,
+        )  # fmt: skip
+        num_warmup_steps = num_training_steps
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     factor = functools.partial(

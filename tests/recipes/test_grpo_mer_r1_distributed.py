@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from numerics import assert_close_to_scale
 from omegaconf import OmegaConf
 from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
 
@@ -142,7 +143,10 @@ def test_all_equal_group_contributes_no_gradient(tmp_path, tiny_sft_checkpoint, 
 
     with_group0, without = gradient(slice(0, 2 * G)), gradient(slice(G, 2 * G))
     for a, b in zip(with_group0, without):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)  # batch-composition rounding only
+        # Batch-composition rounding only: the per-parameter sums run over other rows in another
+        # order, ~n x 6e-8 of the largest entry (n ~ 10^3 tokens); judged against that entry, not
+        # element by element (an entry near 0 would need the largest entry's round-off as atol).
+        assert_close_to_scale(a, b, rtol=1e-4, what="gradient")
     assert any(g.abs().sum() > 0 for g in without)
     recipe.cleanup()
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 import re
@@ -199,24 +200,48 @@ def split_sft_rl(names: Iterable[str], num_sft_samples: int, seed: int = 0) -> t
 # Files
 
 
-def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (names stripped); clear errors for a missing file or column
-    (``name`` is always required)."""
+def read_text_file(path: str | Path) -> str:
+    """A UTF-8 text file (a leading BOM is dropped); clear errors naming the file and line.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not UTF-8 (names the line and byte, e.g. a Latin-1 or GBK export).
+    """
     path = Path(path)
-    required = ("name", *[c for c in required if c != "name"])
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ValueError(f"{path} lacks column(s) {missing}; it has {columns}")
-        rows = []
-        for row in reader:
-            row = {(k or "").strip(): (v if v is not None else "") for k, v in row.items()}
-            row["name"] = row["name"].strip()
-            rows.append(row)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 (byte 0x{data[err.start]:02x} at column {column}): "
+            "save the file as UTF-8 (e.g. `iconv -f GBK -t UTF-8`)"
+        ) from err
+
+
+def read_csv_rows(path: str | Path) -> list[list[str]]:
+    """All rows of a UTF-8 CSV file as lists of cells (the header first)."""
+    return list(csv.reader(io.StringIO(read_text_file(path), newline="")))
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Rows of a UTF-8 CSV file as dicts (names stripped); clear errors for a missing file or
+    column (``name`` is always required) and a file that is not UTF-8 (``read_text_file``)."""
+    path = Path(path)
+    required = ("name", *[c for c in required if c != "name"])
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}; it has {columns}")
+    rows = []
+    for row in reader:
+        row = {(k or "").strip(): (v if v is not None else "") for k, v in row.items()}
+        row["name"] = row["name"].strip()
+        rows.append(row)
     return rows
 
 
@@ -305,6 +330,8 @@ class _SampleEncoder:
 
 
 def _report_bad_rows(what: str, bad_rows: list[BadRow], num_kept: int, strict: bool) -> None:
+    if num_kept == 0 and not bad_rows:  # strict or not: a data set without a sample trains nothing
+        raise ValueError(f"{what}: no sample: the label file has a header but no data rows, or the split selects none")
     if not bad_rows:
         log.info("%s: %d samples", what, num_kept)
         return
@@ -556,8 +583,7 @@ def read_eval_folder(data_dir: str | Path, media_dir: str | Path | None = None, 
     """
     data_dir = Path(data_dir)
     rows = read_csv(data_dir / EVAL_LABELS_CSV, ("name",))
-    with (data_dir / EVAL_LABELS_CSV).open(newline="", encoding="utf-8-sig") as f:
-        header = [c.strip() for c in next(csv.reader(f))]
+    header = [c.strip() for c in read_csv_rows(data_dir / EVAL_LABELS_CSV)[0]]
     columns = [c for c in header if c in EVAL_TASKS]
     if len(columns) != 1:
         raise ValueError(

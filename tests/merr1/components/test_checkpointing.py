@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from torch import nn
 from merr1.components import checkpointing
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.optim import build_adamw, cosine_schedule_with_warmup
+from merr1.launch import launcher_exit_code
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -89,9 +91,11 @@ def test_two_rank_fsdp2_resume_and_sigterm_on_one_rank(tmp_path):
     # Resume from the SIGTERM checkpoint to the end: every step equals the uninterrupted run.
     assert run_on_ranks(toy.run, 2, tmp_path, resume=True, save_every=4, **common) == ["done"] * 2
     assert toy.read_metrics(run_dir) == reference
-    # step_8 of the first launch was replaced by the resumed run's (no temp dirs left behind).
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_4", "step_6", "step_8"]
-    assert not (run_dir / "checkpoints" / "step_8" / "full_model.pt").exists()
+    # step_8 of the first launch was superseded by the resumed run's, committed under a new name
+    # (no temp dirs left behind).
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step_4", "step_6", "step_8.v2"]
+    assert TrainingCheckpointer(run_dir).step_dir(8).name == "step_8.v2"
+    assert not (run_dir / "checkpoints" / "step_8.v2" / "full_model.pt").exists()
 
 
 def _fresh_toy_state(num_steps: int = 10):
@@ -159,7 +163,7 @@ def test_exception_during_save_leaves_previous_checkpoint(tmp_path):
         checkpointer.save(model, optimizer, scheduler, DataPosition(0, 4, 4), write_extra_files=crash)
     assert checkpointer.latest_step() == 2
     assert not checkpointer.step_dir(4).exists()
-    assert (tmp_path / "checkpoints" / ".tmp_step_4").exists()
+    assert not (tmp_path / "checkpoints" / ".tmp_step_4").exists()  # the partial save is removed
 
     fresh_model, fresh_optimizer, fresh_scheduler = _fresh_toy_state()
     restored = TrainingCheckpointer(tmp_path).load_latest(fresh_model, fresh_optimizer, fresh_scheduler)
@@ -167,7 +171,6 @@ def test_exception_during_save_leaves_previous_checkpoint(tmp_path):
     for name, tensor in fresh_model.state_dict().items():
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
 
-    # The next save cleans up the crashed one.
     checkpointer.save(model, optimizer, scheduler, DataPosition(0, 4, 4))
     assert checkpointer.latest_step() == 4
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2", "step_4"]
@@ -207,10 +210,10 @@ def test_crash_between_rename_and_pointer_update(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpointer.step_dir(2).exists() and checkpointer.latest_step() == 1
     assert TrainingCheckpointer(tmp_path).load_latest(*_fresh_toy_state()).position.global_step == 1
-    # Training redoes step 2 and saves it again: the stale step_2 is replaced.
+    # Training redoes step 2 and saves it again under a new name; the stale step_2 goes after the commit.
     TrainingCheckpointer(tmp_path).save(model, optimizer, scheduler, DataPosition(0, 2, 2))
     assert checkpointer.latest_step() == 2
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_1", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_1", "step_2.v2"]
 
 
 def _raise_for_latest(write):
@@ -242,7 +245,7 @@ def test_new_run_overwrites_same_step_of_an_old_run(tmp_path):
     TrainingCheckpointer(tmp_path).load_latest(*fresh)
     for name, tensor in fresh[0].state_dict().items():
         torch.testing.assert_close(tensor, new_params[name], rtol=0, atol=0)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2.v2"]
 
 
 # --------------------------------------------------------------------------- pruning
@@ -312,7 +315,7 @@ def test_corrupt_or_dangling_pointer(tmp_path):
     with pytest.raises(ValueError, match="latest is corrupt"):
         checkpointer.latest_step()
     (tmp_path / "checkpoints" / "latest").write_text("step_7\n")
-    with pytest.raises(FileNotFoundError, match="step_7 is missing or incomplete"):
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="no intact checkpoint .* step_7: directory missing"):
         checkpointer.load_latest(*_fresh_toy_state())
 
 
@@ -378,17 +381,60 @@ def test_rng_states_round_trip():
     assert torch.equal(actual[2], expected[2]) and torch.equal(actual[3], expected[3])
 
 
-# --------------------------------------------------------------------------- SIGTERM
+# --------------------------------------------------------------------------- SIGTERM / SIGINT
 def test_preemption_handler_flag_and_restore():
     previous = signal.getsignal(signal.SIGTERM)
     with PreemptionHandler(("SIGTERM", signal.SIGUSR1)) as handler:
         assert signal.getsignal(signal.SIGTERM) == handler._on_signal
-        assert not handler.should_stop()
+        assert not handler.should_stop() and handler.exit_code == 0
         os.kill(os.getpid(), signal.SIGUSR1)
         assert handler.received == signal.SIGUSR1
         assert handler.should_stop() and handler.should_stop()  # stays set
+        assert handler.exit_code == 128 + signal.SIGUSR1
     assert signal.getsignal(signal.SIGTERM) == previous
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_exit_code_constants():
+    assert (checkpointing.EXIT_CODE_SIGTERM, checkpointing.EXIT_CODE_SIGINT) == (143, 130)
+    assert checkpointing.preemption_exit_code(signal.SIGTERM) == 143
+
+
+def test_first_sigint_saves_like_sigterm_a_second_one_interrupts():
+    with PreemptionHandler() as handler:
+        assert signal.getsignal(signal.SIGINT) == handler._on_signal
+        os.kill(os.getpid(), signal.SIGINT)
+        assert handler.received == signal.SIGINT
+        assert handler.should_stop() and handler.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C twice: Python's default, at once
+            os.kill(os.getpid(), signal.SIGINT)
+        assert handler.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_sigint_during_a_save_interrupts_and_sigterm_is_only_recorded():
+    with PreemptionHandler() as handler:
+        with checkpointing._saving():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert handler.received == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert handler.should_stop() and handler.exit_code == 143
+    with PreemptionHandler() as handler:  # SIGTERM first, then Ctrl-C: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ignored_sigint_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with PreemptionHandler() as handler:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not handler.should_stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_preemption_handler_rejects_unknown_signal():
@@ -401,8 +447,10 @@ def _run_toy_main(output_dir: Path, num_steps: int) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, force=True)
-    reason = toy.run(output_dir, num_steps, sleep_per_step=0.05)
+    with PreemptionHandler() as handler:
+        reason = toy.run(output_dir, num_steps, sleep_per_step=0.05, preemption=handler)
     (output_dir / "exit_reason.txt").write_text(reason)
+    sys.exit(handler.exit_code)
 
 
 def _start_fork(run_dir: Path, num_steps: int):
@@ -417,36 +465,40 @@ def _start_python(run_dir: Path, num_steps: int):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for_steps(metrics: Path, num_steps: int, alive: Callable[[], bool], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= num_steps):
+        assert alive() and time.monotonic() < deadline, "training process did not start"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(
-    "launcher",
+    "launcher, sig, expected_code",
     [
-        "fork",  # a forked training process (cheap: torch already imported)
-        pytest.param("python", marks=pytest.mark.slow),  # a fresh `python toy_training_loop.py` process
+        ("fork", signal.SIGTERM, 143),  # a forked training process (cheap: torch already imported)
+        ("fork", signal.SIGINT, 130),
+        ("python", signal.SIGTERM, 143),  # a fresh `python toy_training_loop.py` process (~5 s)
+        pytest.param("python", signal.SIGINT, 130, marks=pytest.mark.slow),
     ],
 )
-def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path, launcher):
+def test_signal_saves_exits_128_plus_signal_and_resumes_exactly(tmp_path, launcher, sig, expected_code):
     num_steps = 150
     run_dir = tmp_path / "run"
     proc = _start_fork(run_dir, num_steps) if launcher == "fork" else _start_python(run_dir, num_steps)
     try:
-        deadline = time.monotonic() + 90
-        metrics = run_dir / "metrics.jsonl"
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            alive = proc.is_alive() if launcher == "fork" else proc.poll() is None
-            assert alive and time.monotonic() < deadline, "training process did not start"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
+        _wait_for_steps(run_dir / "metrics.jsonl", 3, proc.is_alive if launcher == "fork" else lambda: proc.poll() is None)
+        os.kill(proc.pid, sig)
         if launcher == "fork":
             proc.join(60)
             exit_code, reason = proc.exitcode, (run_dir / "exit_reason.txt").read_text()
         else:
             output, _ = proc.communicate(timeout=60)
             exit_code, reason = proc.returncode, output
-            assert "received SIGTERM" in output, output
+            assert f"received {sig.name}" in output, output
     finally:
         if launcher == "fork" and proc.is_alive() or launcher == "python" and proc.poll() is None:
             proc.kill()
-    assert exit_code == 0, reason
+    assert exit_code == expected_code, reason
     assert "preempted" in reason
     stopped_at = TrainingCheckpointer(run_dir).latest_step()
     assert 3 <= stopped_at < num_steps
@@ -458,40 +510,82 @@ def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path, launcher):
     assert toy.read_metrics(run_dir) == toy.read_metrics(tmp_path / "ref")
 
 
+def _torchrun_toy(launcher: str, nproc: int, run_dir: Path, num_steps: int, *args: str) -> list[str]:
+    module = {"torchrun": "torch.distributed.run", "merr1.launch": "merr1.launch"}[launcher]
+    return [sys.executable, "-m", module, "--standalone", "--nproc_per_node", str(nproc),
+            str(Path(toy.__file__)), str(run_dir), str(num_steps), "--fsdp", *args]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_torchrun_sigterm_to_the_agent_then_resume(tmp_path):
-    """The real launch path: torchrun forwards SIGTERM to both workers, they save and exit 0."""
+@pytest.mark.parametrize(
+    "launcher, nproc, sig, expected_code",
+    [
+        ("merr1.launch", 2, signal.SIGTERM, 143),
+        ("merr1.launch", 1, signal.SIGINT, 130),
+        ("torchrun", 2, signal.SIGTERM, 1),  # torchrun's own code for any signal: the README says so
+    ],
+)
+def test_torchrun_signal_to_the_agent_then_resume(tmp_path, launcher, nproc, sig, expected_code):
+    """The real launch path: the agent forwards the signal to its workers, they save and exit
+    128 + signal; merr1.launch (and `tune run --nproc_per_node`) exits with that code."""
     num_steps = 60
     run_dir = tmp_path / "run"
-    script = str(Path(toy.__file__))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [*torchrun, script, str(run_dir), str(num_steps), "--fsdp", "--sleep", "0.1"],
+        _torchrun_toy(launcher, nproc, run_dir, num_steps, "--sleep", "0.1"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        metrics = run_dir / "metrics.jsonl"
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, "torchrun did not start training"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        _wait_for_steps(run_dir / "metrics.jsonl", 3, lambda: proc.poll() is None, timeout_s=120)
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # torchrun itself exits 1 (it re-raises the signal as SignalException); both workers exited 0.
-    assert output.count("exit reason: preempted") == 2, output
+    assert proc.returncode == expected_code, output[-3000:]
+    assert output.count(f"exit reason: preempted exit code: {128 + sig}") == nproc, output[-3000:]
     stopped_at = TrainingCheckpointer(run_dir).latest_step()
     assert 3 <= stopped_at < num_steps
     resumed = subprocess.run(
-        [*torchrun, script, str(run_dir), str(num_steps), "--fsdp", "--resume"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+        _torchrun_toy(launcher, nproc, run_dir, num_steps, "--resume"), env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    run_on_ranks(toy.run, 2, tmp_path, output_dir=tmp_path / "ref", num_steps=num_steps, fsdp=True)
+    if nproc == 2:
+        run_on_ranks(toy.run, 2, tmp_path, output_dir=tmp_path / "ref", num_steps=num_steps, fsdp=True)
+    else:
+        toy.run(tmp_path / "ref", num_steps)
     assert toy.read_metrics(run_dir) == toy.read_metrics(tmp_path / "ref")
+
+
+@pytest.mark.parametrize(
+    "codes, expected",
+    [
+        ([143, 143], 143),
+        ([130], 130),
+        ([-signal.SIGTERM, 143], 143),  # one worker killed by SIGTERM before its handler existed
+        ([143, 1], None),  # a crash next to a preemption: not resumable as such
+        ([1], None),
+        ([-signal.SIGKILL], None),
+    ],
+)
+def test_launcher_exit_code_of_failed_workers(codes, expected):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {
+        rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="/nonexistent")
+        for rank, code in enumerate(codes)
+    }
+    assert launcher_exit_code(ChildFailedError("toy", failures)) == expected
+
+
+def test_launcher_exit_code_of_a_signalled_agent():
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    assert launcher_exit_code(SignalException("got SIGTERM", signal.SIGTERM)) == 143
+    assert launcher_exit_code(SignalException("got SIGINT", signal.SIGINT)) == 130
+    assert launcher_exit_code(SignalException("got SIGHUP", signal.SIGHUP)) is None
+    assert launcher_exit_code(RuntimeError("boom")) is None
 
 
 def test_parameter_without_gradient_resumes_exactly(tmp_path):

@@ -148,8 +148,10 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
 
 def test_read_wrong_checkpoint_names_the_mismatch(tmp_path):
     save_hf_checkpoint(tiny_qwen2(), tmp_path / "qwen2")
-    with pytest.raises(ValueError, match="does not match Qwen2_5OmniThinkerForConditionalGeneration: .* missing"):
+    with pytest.raises(ValueError, match="config.json: model_type 'qwen2', but the configured model is a Qwen2_5Omni"):
         read_hf_state_dict(tmp_path / "qwen2", tiny_thinker(device="meta"))
+    with pytest.raises(ValueError, match="does not match Qwen2ForCausalLM: .* missing"):
+        read_hf_state_dict(tmp_path / "qwen2", tiny_qwen2(device="meta", num_hidden_layers=3))
     with pytest.raises(ValueError, match="unexpected"):
         read_hf_state_dict(tmp_path / "qwen2", tiny_qwen2(device="meta", num_hidden_layers=1))
 
@@ -364,3 +366,113 @@ def test_read_ignores_stored_non_persistent_buffers(tmp_path):
     save_file(tensors, str(path), metadata={"format": "pt"})
     model = qwen2_causal_lm(tmp_path / "ckpt", dtype=torch.float32)
     assert torch.equal(model.model.rotary_emb.inv_freq, tiny_qwen2().model.rotary_emb.inv_freq)
+
+
+# ---- refused inputs (issue 15, item 4) -------------------------------------------------------
+
+
+def _rewrite_tensor(ckpt_dir, key, change):
+    """Replace one tensor of a single-file checkpoint by ``change(tensor)``."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(ckpt_dir / SAFE_WEIGHTS_NAME))
+    tensors[key] = change(tensors[key])
+    save_file(tensors, str(ckpt_dir / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+KEY = "model.layers.0.mlp.up_proj.weight"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: (t * 100).to(torch.int8), rf"model.safetensors: tensor '{KEY}' has dtype torch.int8, .* quantized"),
+        (lambda t: t.index_fill(0, torch.tensor([1]), float("nan")), rf"tensor '{KEY}' holds \d+ NaN or infinite value"),
+        (lambda t: t.index_fill(1, torch.tensor([0]), float("inf")), rf"tensor '{KEY}' holds \d+ NaN or infinite"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), -float("inf")), rf"tensor '{KEY}' holds \d+ NaN or infinite"),
+    ],
+    ids=["int8", "nan", "inf", "-inf"],
+)
+def test_quantized_or_nonfinite_weights_are_refused_naming_key_and_file(tmp_path, change, message):
+    save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "ckpt", dtype=torch.float32)
+    _rewrite_tensor(tmp_path / "ckpt", KEY, change)
+    with pytest.raises(ValueError, match=message):
+        read_hf_state_dict(tmp_path / "ckpt", tiny_qwen2(device="meta"))
+    with pytest.raises(ValueError, match=message):
+        load_hf_checkpoint(tiny_qwen2(device="meta"), tmp_path / "ckpt", device="cpu")
+
+
+def test_huge_finite_weights_are_not_mistaken_for_nonfinite(tmp_path):
+    """Their float32 sum overflows to inf; the element-wise confirmation finds every value finite."""
+    save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "ckpt", dtype=torch.float32)
+    _rewrite_tensor(tmp_path / "ckpt", KEY, lambda t: torch.full_like(t, 3e38))
+    assert bool((read_hf_state_dict(tmp_path / "ckpt", tiny_qwen2(device="meta"))[KEY] == 3e38).all())
+
+
+@pytest.mark.parametrize(
+    "config_change, message",
+    [
+        ({"model_type": "llama"}, r"config.json: model_type 'llama', but the configured model is a Qwen2ForCausalLM"),
+        ({"architectures": ["Qwen2ForSequenceClassification"]}, r"architectures \['Qwen2ForSequenceClassification'\]"),
+    ],
+)
+def test_config_of_another_architecture_is_refused(tmp_path, config_change, message):
+    save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "ckpt", dtype=torch.float32)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, **config_change}))
+    with pytest.raises(ValueError, match=message):
+        load_hf_checkpoint(tiny_qwen2(device="meta"), tmp_path / "ckpt", device="cpu")
+
+
+def test_thinker_checkpoint_into_a_qwen2_model_and_back_is_refused(tmp_path):
+    save_hf_checkpoint(tiny_thinker(seed=1), tmp_path / "thinker", dtype=torch.float32)
+    save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "qwen2", dtype=torch.float32)
+    with pytest.raises(ValueError, match="model_type 'qwen2_5_omni_thinker', but the configured model is a Qwen2ForCausalLM"):
+        read_hf_state_dict(tmp_path / "thinker", tiny_qwen2(device="meta"))
+    with pytest.raises(ValueError, match=r"model_type 'qwen2', .* Qwen2_5OmniThinkerForConditionalGeneration \(accepts"):
+        read_hf_state_dict(tmp_path / "qwen2", tiny_thinker(device="meta"))
+
+
+@pytest.mark.parametrize(
+    "entry, allowed",
+    [
+        ("model-00001-of-00002.safetensors", True),
+        ("shards/model-00001-of-00002.safetensors", True),  # a subfolder of the checkpoint
+        ("../../outside/model.safetensors", False),
+        ("shards/../../model.safetensors", False),
+        ("/etc/model.safetensors", False),
+        ("..\\outside\\model.safetensors", False),
+        ("C:\\model.safetensors", False),
+        ("", False),
+        (7, False),
+    ],
+)
+def test_index_entries_must_stay_inside_the_checkpoint_folder(tmp_path, entry, allowed):
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": entry}}
+    (tmp_path / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index))
+    if allowed:
+        assert checkpoint_weight_files(tmp_path) == {"model.embed_tokens.weight": tmp_path / entry}
+    else:
+        with pytest.raises(ValueError, match=r"model.safetensors.index.json: the weight_map entry of 'model.embed_tokens.weight'"):
+            checkpoint_weight_files(tmp_path)
+
+
+def test_index_pointing_outside_is_not_followed(tmp_path):
+    """The issue's case: a checkpoint whose index names ../../outside/...; nothing there is read."""
+    save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "outside", dtype=torch.float32)
+    ckpt = tmp_path / "runs" / "ckpt"
+    ckpt.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        if (tmp_path / "outside" / name).exists():
+            (ckpt / name).write_bytes((tmp_path / "outside" / name).read_bytes())
+    keys = list(tiny_qwen2(device="meta").state_dict())
+    index = {"metadata": {}, "weight_map": dict.fromkeys(keys, "../../outside/model.safetensors")}
+    (ckpt / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="points outside the checkpoint folder"):
+        load_hf_checkpoint(tiny_qwen2(device="meta"), ckpt, device="cpu")
+
+
+def test_malformed_index_names_the_file(tmp_path):
+    (tmp_path / SAFE_WEIGHTS_INDEX_NAME).write_text('{"weight_map": ["a"]}')
+    with pytest.raises(ValueError, match="model.safetensors.index.json is not a safetensors index"):
+        checkpoint_weight_files(tmp_path)

@@ -158,6 +158,22 @@ def test_component_wraps_function():
         GRPOLoss(aggregation="dr_grpo")
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(beta=-1.0), r"loss.beta must be a finite number >= 0, got -1.0"),
+        (dict(beta=float("nan")), r"loss.beta must be a finite number >= 0, got nan"),
+        (dict(beta="0.1"), r"loss.beta must be a finite number >= 0, got '0.1'"),
+        (dict(clip_low=0.0), r"loss.clip_low must be a finite number > 0, got 0.0"),
+        (dict(clip_high=-0.2), r"loss.clip_high must be a finite number > 0, got -0.2"),
+    ],
+)
+def test_component_refuses_values_that_train_something_else(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GRPOLoss(**kwargs)
+    assert GRPOLoss(beta=0.04, clip_low=0.2, clip_high=None).needs_reference
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
 def test_loss_on_cuda_matches_cpu(aggregation):

@@ -273,3 +273,24 @@ def test_module_tree_accessors():
     assert decoder_layers(qwen2) is qwen2.model.layers
     assert multimodal_encoders(thinker) == [thinker.model.audio_tower, thinker.model.visual]
     assert multimodal_encoders(qwen2) == []
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ([], r"checkpoint_dir .* is empty: expected an HF checkpoint folder \(config.json, model.safetensors"),
+        (["model.safetensors"], r"lacks config.json, a tokenizer \(one of \['tokenizer.json'"),
+        (["config.json", "tokenizer.json"], r"lacks model.safetensors or model.safetensors.index.json; it holds"),
+        (["notes.txt"], r"lacks config.json, model.safetensors or .*, a tokenizer .*; it holds \['notes.txt'\]"),
+    ],
+)
+def test_checkpoint_dir_that_is_not_a_checkpoint_is_refused_before_the_tokenizer(tmp_path, files, message):
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ValueError, match=message):
+        checkpoint_tokenizer(tmp_path)
+
+
+def test_missing_checkpoint_dir_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint_dir .*absent does not exist"):
+        checkpoint_tokenizer(tmp_path / "absent")

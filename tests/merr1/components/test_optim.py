@@ -89,7 +89,7 @@ def test_scheduler_state_dict_round_trip():
     "kwargs, message",
     [
         (dict(num_training_steps=10, num_warmup_steps=-1), "num_warmup_steps"),
-        (dict(num_training_steps=5, num_warmup_steps=6), "num_training_steps"),
+        (dict(num_training_steps=-1), "num_training_steps must be >= 0"),
         (dict(num_training_steps=5, min_lr_ratio=1.5), "min_lr_ratio"),
         (dict(num_training_steps=5, min_lr_ratio=-0.1), "min_lr_ratio"),
     ],
@@ -98,6 +98,21 @@ def test_scheduler_rejects_bad_arguments(kwargs, message):
     optimizer = build_adamw(nn.Linear(2, 2), lr=1.0)
     with pytest.raises(ValueError, match=message):
         cosine_schedule_with_warmup(optimizer, **kwargs)
+
+
+def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog):
+    """A smoke run (max_steps_per_epoch=3) with the default warmup of 20: the 3 steps warm up
+    with W = T = 3, factors (s + 1) / (W + 1) = 1/4, 2/4, 3/4."""
+    optimizer = build_adamw(nn.Linear(2, 2), lr=1.0)
+    with caplog.at_level("WARNING", logger="merr1.components.optim"):
+        scheduler = cosine_schedule_with_warmup(optimizer, num_training_steps=3, num_warmup_steps=20)
+    assert "num_warmup_steps (20) is longer than the run (3 optimizer steps): clamped to 3" in caplog.text
+    lrs = []
+    for _ in range(3):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == [0.25, 0.5, 0.75]
 
 
 class _Block(nn.Module):

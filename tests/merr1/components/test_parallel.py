@@ -1,6 +1,7 @@
 import pytest
 import torch
 from model_fixtures import multimodal_batch, text_batch
+from numerics import assert_close_to_scale
 from two_ranks import run_two_ranks
 
 from merr1.components.models import tiny_qwen2, tiny_thinker
@@ -95,10 +96,14 @@ def two_ranks(tmp_path_factory):
     return run_two_ranks(_two_rank_scenario, tmp_path_factory.mktemp("fsdp"))
 
 
-def _assert_grads_close(grads, ref, atol=1e-6):
+def _assert_grads_close(grads, ref, rtol=1e-5):
+    """Each gradient within ``rtol`` of its largest entry. The default 1e-5: the same float32
+    math with sums split over shards / recomputed (AC) / traced (aot_eager); the sums run over a
+    few hundred terms (batch x sequence, hidden 64), whose round-off is ~n x 6e-8 of the largest
+    term. Measured: bit-identical with 1 and 2 threads."""
     assert set(grads) == set(ref)
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref[name], atol=atol, rtol=1e-5, msg=name)
+        assert_close_to_scale(grad, ref[name], rtol=rtol, what=name)
 
 
 def test_fsdp_units_are_encoders_each_decoder_layer_and_root(two_ranks):
@@ -127,6 +132,7 @@ def test_sharded_activation_checkpointing_gives_same_grads(two_ranks):
 
 
 def test_sharded_bf16_mixed_precision_keeps_float32_master_weights(two_ranks):
+    # bf16 compute: ~2^-8 relative per op; the loss (~6.2) moved by 1.5e-4 measured, 0.05 = 0.8%.
     torch.testing.assert_close(two_ranks["fsdp_bf16_loss"], two_ranks["ref_loss"], atol=0.05, rtol=0)
     assert two_ranks["fsdp_bf16_stored_dtypes"] == {torch.float32}
 
@@ -141,7 +147,8 @@ def test_sharded_tied_text_model(two_ranks):
 def test_sharded_float8_trains_and_saves_plain_tensors(two_ranks, recipe):
     losses = two_ranks[f"float8_{recipe}_losses"]
     assert torch.isfinite(losses).all()
-    torch.testing.assert_close(losses[0], two_ranks["ref_loss"], atol=0.05, rtol=0)  # float8 noise only
+    # float8 noise only: e4m3 has 3 mantissa bits, measured 1.4e-3 on a loss of ~6.2; 0.05 = 0.8%.
+    torch.testing.assert_close(losses[0], two_ranks["ref_loss"], atol=0.05, rtol=0)
     assert losses[1] < losses[0]
     assert two_ranks[f"float8_{recipe}_saved_types"] == {torch.Tensor}
 
@@ -154,7 +161,7 @@ def test_activation_checkpointing_same_grads_and_keys():
     apply_activation_checkpointing(model)
     loss, grads = _loss_and_grads(model, batch)
     assert torch.equal(loss, ref_loss)
-    _assert_grads_close(grads, ref_grads, atol=0)
+    _assert_grads_close(grads, ref_grads)
     assert list(model.state_dict()) == keys
 
 
@@ -191,7 +198,7 @@ def test_float8_forward_backward_on_cpu_with_emulation(recipe):
     model = tiny_thinker()
     apply_float8(model, recipe=recipe, emulate=True)
     loss, grads = _loss_and_grads(model, batch)
-    torch.testing.assert_close(loss, ref_loss, atol=0.05, rtol=0)
+    torch.testing.assert_close(loss, ref_loss, atol=0.05, rtol=0)  # float8 noise (see above): 0.8% of ~6.2
     assert grads["model.language_model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
 
 
@@ -255,7 +262,7 @@ def test_compile_decoder_layers_inductor():
     compile_decoder_layers(model)
     loss, grads = _loss_and_grads(model, batch)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)
-    _assert_grads_close(grads, ref_grads, atol=1e-5)
+    _assert_grads_close(grads, ref_grads, rtol=1e-4)  # inductor fuses and reorders the sums
 
 
 def test_call_when_resharded_and_idle_hooks_without_fsdp():

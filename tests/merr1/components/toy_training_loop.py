@@ -2,7 +2,8 @@
 
 Used by the checkpointing tests in-process, in forked gloo ranks (FSDP2) and as a subprocess
 (``python toy_training_loop.py OUT_DIR NUM_STEPS [--resume] [--sleep S]``, or under
-``torchrun --nproc_per_node 2 ... --fsdp``) that receives SIGTERM.
+``torchrun --nproc_per_node 2 ... --fsdp``) that receives SIGTERM or SIGINT and then exits with
+``PreemptionHandler.exit_code`` (143 / 130), as the recipes do.
 The loss depends on the data order (DataLoader + DistributedSampler, seed, epoch), dropout (global torch RNG, per rank), an
 extra ``torch.Generator`` (input noise), AdamW state and the lr schedule, so any state the
 checkpoint forgets shows up as a different loss after resuming.
@@ -11,6 +12,7 @@ checkpoint forgets shows up as a different loss after resuming.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import logging
@@ -79,6 +81,7 @@ def run(
     signal_rank_at_step: tuple[int, int] | None = None,
     sleep_per_step: float = 0.0,
     on_save: Callable[[nn.Module, Path], None] | None = None,
+    preemption: PreemptionHandler | None = None,
 ) -> str:
     """Train ``num_steps`` optimizer steps (cosine schedule over ``num_steps``); return why it stopped.
 
@@ -90,6 +93,8 @@ def run(
         signal_rank_at_step: ``(rank, step)``: that rank sends itself SIGTERM after that step.
         on_save: ``on_save(model, tmp_step_dir)`` is called as the ``write_extra_files`` hook of
             every save (where a recipe exports HF weights).
+        preemption: the signal handler to poll (default: a fresh ``PreemptionHandler()``, closed at
+            the end); pass one to read its ``exit_code`` afterwards.
 
     Returns:
         "done", "stopped" or "preempted".
@@ -133,7 +138,12 @@ def run(
             write_extra_files=None if on_save is None else functools.partial(on_save, model),
         )
 
-    with PreemptionHandler() as preemption, metric_logger:
+    own_handler = preemption is None
+    preemption = PreemptionHandler() if own_handler else preemption
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(metric_logger)
+        if own_handler:
+            stack.enter_context(preemption)
         while position.global_step < num_steps:
             for x, y in epoch_batches(loader, sampler, loader_generator, position.epoch, position.step_in_epoch):
                 noise = 0.01 * torch.randn(x.shape, generator=noise_generator)  # [B, 8]
@@ -185,6 +195,11 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     if args.fsdp:
         init_distributed()
-    reason = run(args.output_dir, args.num_steps, resume=args.resume, sleep_per_step=args.sleep, fsdp=args.fsdp)
-    print("exit reason:", reason, flush=True)
+    with PreemptionHandler() as handler:
+        reason = run(
+            args.output_dir, args.num_steps, resume=args.resume, sleep_per_step=args.sleep, fsdp=args.fsdp,
+            preemption=handler,
+        )  # fmt: skip
+    print("exit reason:", reason, "exit code:", handler.exit_code, flush=True)
     destroy()
+    sys.exit(handler.exit_code)

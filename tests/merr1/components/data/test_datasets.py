@@ -21,6 +21,7 @@ from merr1.components.data.datasets import (
     mer_unibench_sample,
     parse_openset,
     parse_openset_cell,
+    read_csv,
     split_sft_rl,
 )
 from merr1.components.data.collate import PromptCollator, SFTCollator, collate_media, mrope_position_ids, pad_sequences
@@ -285,6 +286,41 @@ def test_missing_column_fails_early(tok, sample_dir, tmp_path):
     _write_csv(root / SUBTITLE_CSV, ["name", "chinese", "text"], rows[1:])
     with pytest.raises(ValueError, match="english"):
         mer_caption_plus(tok, root, "sft", num_sft_samples=12)
+
+
+@pytest.mark.parametrize("csv_name", [TRACK2_CSV, TRACK3_CSV, SUBTITLE_CSV])
+def test_non_utf8_csv_names_the_file_and_line(tok, sample_dir, tmp_path, csv_name):
+    root = _copy_caption(sample_dir, tmp_path)
+    rows = _rows(root / csv_name)
+    rows[3][-1] = rows[3][-1] + " caf\u00e9"
+    with (root / csv_name).open("w", newline="", encoding="latin-1") as f:  # an export in the wrong encoding
+        csv.writer(f).writerows(rows)
+    with pytest.raises(ValueError, match=rf"{csv_name}: line 4 is not UTF-8 \(byte 0xe9 at column \d+\)"):
+        mer_caption_plus(tok, root, "sft", num_sft_samples=12)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_header_only_label_file_is_an_error(tok, sample_dir, tmp_path, strict):
+    root = _copy_caption(sample_dir, tmp_path)
+    _write_csv(root / TRACK2_CSV, ["name", "openset"], [])
+    with pytest.raises(ValueError, match="no sample: the label file has a header but no data rows"):
+        mer_caption_plus(tok, root, "all", mode="sft", strict=strict)
+
+
+def test_header_only_eval_labels_is_an_error(tok, sample_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "basic"
+    shutil.copytree(_eval_dir(sample_dir, "basic"), root)
+    _write_csv(root / EVAL_LABELS_CSV, ["name", "label"], [])
+    with pytest.raises(ValueError, match="no sample"):
+        mer_unibench(tok, root, modalities=[], strict=True)
+
+
+def test_utf8_bom_and_crlf_are_read(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("\ufeffname,english\r\na,caf\u00e9\r\nb,\"two\r\nlines\"\r\n".encode("utf-8"))
+    assert read_csv(path, ("english",)) == [{"name": "a", "english": "caf\u00e9"}, {"name": "b", "english": "two\r\nlines"}]
 
 
 def test_max_seq_len_truncates_reason_not_answer(tok, sample_dir, caplog):
