@@ -59,6 +59,7 @@ from merr1.components.generation import (
 from merr1.components.metric_logging import SampleLogger, grpo_postfix, should_log_samples
 from merr1.components.models import is_thinker, resolve_dtype
 from merr1.components.parallel import gathered_parameters
+from merr1.components.resume_config import NON_TRAJECTORY_KEYS
 from merr1.components.tokenizer import stop_token_ids
 from merr1.rewards import EmotionSetRewards, RewardBatch, merge_outputs
 
@@ -77,7 +78,7 @@ CONFIG_SPEC = {
     "num_workers": Annotated[int, AtLeast(0)],
     "batch_size": PositiveInt,  # prompts per rank per micro-batch
     "gradient_accumulation_steps": PositiveInt,
-    "num_generations": PositiveInt,
+    "num_generations": Annotated[int, AtLeast(2)],  # G = 1: every advantage is 0, nothing trains
     "num_iterations": PositiveInt,
     "epochs": PositiveInt,
     "max_steps_per_epoch": PositiveInt | None,
@@ -173,10 +174,8 @@ class GRPORecipe:
             total_steps=self._loader.total_steps, desc="grpo",
             postfix=functools.partial(grpo_postfix, reward_names=group_rewards),  # every reward a group uses
             metric_logger=config.instantiate(cfg.metric_logger) if self._is_rank_zero and cfg.metric_logger else None,
-            fingerprint={"model": OmegaConf.to_container(cfg.model, resolve=True), "batch_size": cfg.batch_size,
-                         "grad_accum": cfg.gradient_accumulation_steps, "num_generations": self._group_size,
-                         "steps_per_epoch": self._loader.steps_per_epoch,
-                         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)},
+            non_trajectory_keys=(*NON_TRAJECTORY_KEYS, "metrics_answer_scheme"),  # logging only
+            fingerprint={"steps_per_epoch": self._loader.steps_per_epoch},  # the config is compared key by key
         )  # fmt: skip
         self._position = self._run.start
         self._sample_logger = SampleLogger(
@@ -423,9 +422,9 @@ class GRPORecipe:
             local[f"reward_metric/{name}/mean"] = value.float().mean().item()
         lengths = rollout.response_mask.sum(-1).float()
         local["response_length/mean"] = lengths.mean().item()
-        local["response_length/max"] = lengths.max().item()
         local.update(adv_stats)
         metrics = distributed.all_reduce_dict(local, "mean")
+        metrics["response_length/max"] = distributed.all_reduce_scalar(lengths.max().item(), "max")
         num_tokens = distributed.all_reduce_scalar(float(lengths.sum()), "sum")
         metrics.update(update_stats)
         metrics.update({f"time/{k}": v for k, v in times.items()})
@@ -459,6 +458,10 @@ class GRPORecipe:
                 return  # preempted: a resumable checkpoint was saved
         self._run.finish(self._position)
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self._run is None else self._run.exit_code
+
     def cleanup(self) -> None:
         if self._run is not None:
             self._run.close()
@@ -468,7 +471,7 @@ class GRPORecipe:
 
 
 @config.parse
-def recipe_main(cfg: DictConfig) -> None:
+def recipe_main(cfg: DictConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     recipe = GRPORecipe(cfg)
     try:  # the process group, the logs and the signal handlers are released also when a run fails
@@ -476,6 +479,7 @@ def recipe_main(cfg: DictConfig) -> None:
         recipe.train()
     finally:
         recipe.cleanup()
+    return recipe.exit_code  # 0, or 143 / 130 after a preemption save (README, "exit codes")
 
 
 if __name__ == "__main__":

@@ -104,10 +104,7 @@ class SFTRecipe:
             total_steps=self._loader.total_steps, desc="sft",
             postfix=functools.partial(format_metrics, keys=["loss", "lr", "grad_norm"]),
             metric_logger=config.instantiate(cfg.metric_logger) if self._is_rank_zero and cfg.metric_logger else None,
-            fingerprint={"model": OmegaConf.to_container(cfg.model, resolve=True), "batch_size": cfg.batch_size,
-                         "grad_accum": cfg.gradient_accumulation_steps, "epochs": cfg.epochs,
-                         "steps_per_epoch": self._loader.steps_per_epoch,
-                         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)},
+            fingerprint={"steps_per_epoch": self._loader.steps_per_epoch},  # the config is compared key by key
         )  # fmt: skip
         self._position = self._run.start
         if self._is_rank_zero:
@@ -167,6 +164,10 @@ class SFTRecipe:
                 return  # preempted: a resumable checkpoint was saved
         self._run.finish(self._position)
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self._run is None else self._run.exit_code
+
     def cleanup(self) -> None:
         if self._run is not None:
             self._run.close()
@@ -174,7 +175,7 @@ class SFTRecipe:
 
 
 @config.parse
-def recipe_main(cfg: DictConfig) -> None:
+def recipe_main(cfg: DictConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     recipe = SFTRecipe(cfg)
     try:  # the process group, the logs and the signal handlers are released also when a run fails
@@ -182,6 +183,7 @@ def recipe_main(cfg: DictConfig) -> None:
         recipe.train()
     finally:
         recipe.cleanup()
+    return recipe.exit_code  # 0, or 143 / 130 after a preemption save (README, "exit codes")
 
 
 if __name__ == "__main__":

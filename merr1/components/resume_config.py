@@ -36,6 +36,11 @@ NON_TRAJECTORY_KEYS: tuple[str, ...] = (
     "fsdp_reshard_after_forward",
     "resume_from_checkpoint",
     "resume_allow_changed",
+    "metric_logger",  # where the numbers also go (metrics.jsonl is always written)
+    # Rollouts: one generator per row makes them independent of the batching, and every decode
+    # backend samples the same tokens (tests/merr1/components/test_generation.py).
+    "rollout_batch_size",
+    "generation.decode_backend",
 )
 
 _UNSET = object()

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from merr1.components import distributed, hf_checkpoint, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
 from merr1.components.config_checks import AtLeast, Component
+from merr1.components.resume_config import NON_TRAJECTORY_KEYS
 from merr1.components.metric_logging import MetricLogger, progress_bar, save_config
 from merr1.components.models import multimodal_encoders, resolve_dtype
 from merr1.components.optim import clip_grad_norm
@@ -75,6 +76,7 @@ RUN_CONFIG: dict[str, Any] = {
     "keep_last_n_checkpoints": PositiveInt | None,
     "save_dtype": Literal["fp32", "bf16"],
     "resume_from_checkpoint": bool,
+    "resume_allow_changed": list[str],  # settings a resume may change on purpose (recorded), e.g. [optimizer.lr]
     "log_every_n_steps": PositiveInt,
 }
 
@@ -361,18 +363,24 @@ class StepLoader:
 class TrainingRun:
     """Everything a training run writes to ``output_dir``, and when (``RUN_CONFIG`` keys).
 
-    On construction (every rank; collective): rank 0 writes the resolved config to
-    ``config.yaml``; with ``resume_from_checkpoint`` the model, optimizer, scheduler, data position
-    and RNG are restored from the newest checkpoint (``start`` is where the run continues);
-    ``metrics.jsonl`` is opened (truncated after ``start`` when resuming) and SIGTERM is caught.
-    Then ``end_step`` after every optimizer step and ``finish`` at the end; ``close`` always.
+    On construction (every rank; collective): a fresh run writes the resolved config to
+    ``config.yaml`` (rank 0); with ``resume_from_checkpoint`` the model, optimizer, scheduler, data
+    position and RNG are restored from the newest intact checkpoint (``start`` is where the run
+    continues), after its settings were compared with this run's (``resume_config``: a changed
+    setting that changes the trajectory is refused unless named in ``resume_allow_changed``), and
+    nothing the first run wrote is rewritten (its config goes to ``config.resumed_at_step_N.yaml``).
+    ``metrics.jsonl`` is opened (truncated after ``start`` when resuming) and SIGTERM / SIGINT are
+    caught. Then ``end_step`` after every optimizer step and ``finish`` at the end; ``close``
+    always; the process then exits with ``exit_code`` (143 / 130 after a preemption save).
 
     Args:
         cfg: the recipe config (``RUN_CONFIG`` keys are read; the whole resolved config is saved).
         model, optimizer, lr_scheduler: what a checkpoint holds.
         tokenizer: saved next to the HF weights.
         total_steps: optimizer steps of the whole run (the progress bar's total).
-        fingerprint: values a resumed run must share with the checkpoint (``TrainingCheckpointer``).
+        fingerprint: values derived from the config and data that a resumed run must share with the
+            checkpoint (e.g. steps per epoch; the config itself is compared key by key).
+        non_trajectory_keys: config keys a resume may always change (``resume_config``).
         postfix: one step's metrics -> the progress bar's postfix text.
         desc: progress-bar label.
         metric_logger: the instantiated ``metric_logger`` component (any torchtune metric logger, or
@@ -393,6 +401,7 @@ class TrainingRun:
         postfix: Callable[[Mapping[str, Any]], str],
         desc: str,
         metric_logger: Any = None,
+        non_trajectory_keys: Sequence[str] = NON_TRAJECTORY_KEYS,
     ) -> None:
         resolved = _resolved(cfg)
         self.output_dir = Path(cfg["output_dir"])
@@ -401,13 +410,15 @@ class TrainingRun:
         self.log_every = cfg["log_every_n_steps"]
         self.save_dtype = resolve_dtype(cfg["save_dtype"])
         self.postfix = postfix
-        if distributed.is_rank_zero():
+        resumed = bool(cfg["resume_from_checkpoint"])
+        if distributed.is_rank_zero() and not resumed:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(resolved, self.output_dir / "config.yaml")
         self.checkpointer = TrainingCheckpointer(
-            self.output_dir, keep_last_n=cfg["keep_last_n_checkpoints"], fingerprint=fingerprint, config=resolved
-        )
-        resumed = bool(cfg["resume_from_checkpoint"])
+            self.output_dir, keep_last_n=cfg["keep_last_n_checkpoints"], fingerprint=fingerprint, config=resolved,
+            resume_allow_changed=cfg["resume_allow_changed"], non_trajectory_keys=non_trajectory_keys,
+        )  # fmt: skip
+        self.total_steps = total_steps
         self.start = DataPosition()
         if resumed:
             self.start = self.checkpointer.load_latest(model, optimizer, lr_scheduler).position
@@ -432,9 +443,10 @@ class TrainingRun:
         if self.preemption.should_stop():
             self.save(position)
             log.warning(
-                "preempted (SIGTERM) at step %d: saved a resumable checkpoint in %s; rerun with "
-                "resume_from_checkpoint=true",
-                step, self.output_dir / "checkpoints",
+                "preempted (%s) at step %d: saved a resumable checkpoint in %s; rerun with "
+                "resume_from_checkpoint=true (exit code %d)",
+                self.preemption.stop_signal.name if self.preemption.stop_signal else "signal", step,
+                self.output_dir / "checkpoints", self.preemption.exit_code,
             )  # fmt: skip
             return True
         return False
@@ -452,9 +464,15 @@ class TrainingRun:
             ),
         )
 
-    def finish(self, position: DataPosition) -> Path:
+    def finish(self, position: DataPosition) -> Path | None:
         """The last resumable checkpoint (skipped if the last step saved one) and the final HF
-        weights in ``{output_dir}/hf`` (the next stage's ``checkpoint_dir``)."""
+        weights in ``{output_dir}/hf`` (the next stage's ``checkpoint_dir``). A resumed run that
+        was already finished rewrites nothing. Signals are released first: a Ctrl-C during the
+        final export stops at once."""
+        self.preemption.close()
+        if self.start.global_step >= self.total_steps and position.global_step == self.start.global_step:
+            log.info("the run was already finished at step %d: nothing to train or write", position.global_step)
+            return None
         self.save(position)
         final = hf_checkpoint.save_hf_checkpoint(
             self.model, self.output_dir / "hf", dtype=self.save_dtype, tokenizer=self.tokenizer
@@ -462,6 +480,11 @@ class TrainingRun:
         if distributed.is_rank_zero():
             log.info("final HF weights: %s (load with from_pretrained, or checkpoint_dir=%s)", final, final)
         return final
+
+    @property
+    def exit_code(self) -> int:
+        """The process's exit code: 0, or 143 / 130 after a SIGTERM / SIGINT preemption save."""
+        return self.preemption.exit_code
 
     def close(self) -> None:
         """Close the progress bar and the metrics file, restore the signal handlers."""

@@ -102,7 +102,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoin
             break
         time.sleep(0.05)
     output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode == 143, output[-4000:]  # 128 + SIGTERM: a SLURM script requeues on it
     assert "preempted (SIGTERM)" in output
     stopped = len(read_jsonl(part / "metrics.jsonl"))
     assert 2 <= stopped < 10
@@ -196,6 +196,10 @@ def test_config_errors_come_before_the_data_set_is_built(tmp_path, overrides, ex
         (["loss.aggregation=mean"], "loss.aggregation: 'mean' is not one of 'grpo', 'dapo', 'dr_grpo'"),
         (["calibration.confidence=7"], "calibration.confidence: 7 is not a string"),
         (["rewards.2.strict=maybe", "rewards.1.duplicate_penalty=false"], "rewards.2.strict: 'maybe' is not a bool"),
+        (["num_generations=1"], "num_generations: 1 must be >= 2"),  # G = 1 trains nothing (issue 15)
+        (["save_every_n_steps=0"], "save_every_n_steps: 0 must be >= 1"),
+        (["keep_last_n_checkpoints=0"], "keep_last_n_checkpoints: 0 must be >= 1"),
+        (["resume_allow_changed=optimizer.lr"], "resume_allow_changed: 'optimizer.lr' is not a list of a string"),
     ],
 )
 def test_config_errors_name_the_dotted_key_the_value_and_what_is_accepted(tmp_path, monkeypatch, overrides, expected):
@@ -238,3 +242,15 @@ def test_tracking_progress_samples_and_rollout_batches(tmp_path, tiny_sft_checkp
     assert progress and "\r" not in proc.stderr.split("grpo:", 1)[1].split("\n", 1)[0]
     assert any("cali_pos=" in line and "format=" in line for line in progress), progress  # every group reward
     assert whole.returncode == 0
+
+
+def test_negative_kl_weight_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    from recipes.grpo_mer_r1_distributed import GRPORecipe
+
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = OmegaConf.merge(OmegaConf.load(REPO_ROOT / CONFIG), {"output_dir": str(tmp_path), "loss": {"beta": -1.0}})
+    recipe = GRPORecipe(cfg)
+    with pytest.raises(ValueError, match="loss.beta must be a finite number >= 0, got -1.0"):
+        recipe.setup(cfg)
+    assert not hasattr(recipe, "_model")
+    recipe.cleanup()

@@ -1,5 +1,6 @@
 """recipes/sft_distributed.py through the literal `tune run` commands on the tiny config (issue 5)."""
 
+import os
 import signal
 import subprocess
 import time
@@ -12,6 +13,8 @@ from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
 CONFIG = "recipes/configs/debug/sft_tiny.yaml"
 # Short warmup, no periodic checkpoints unless asked.
 FAST = ["lr_scheduler.num_warmup_steps=1", "save_every_n_steps=null", "log_every_n_steps=1"]
+# As tune_helpers.tune runs it: this checkout's recipes, one OpenMP thread per rank.
+TWO_RANK_ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
 
 def sft_run(args, *, nproc=None, check=True):
@@ -57,13 +60,13 @@ def test_two_ranks_and_one_fsdp_rank_match_one_process_with_the_global_batch(tmp
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
 
 
-def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
+def test_ctrl_c_saves_exits_130_and_resume_continues_exactly(tmp_path):
     common = ["epochs=3", "max_steps_per_epoch=4", *FAST]
     sft_run([f"output_dir={tmp_path / 'full'}", *common])
     full = read_metrics(tmp_path / "full")
     assert len(full) == 12
 
-    # Preempt a second run with SIGTERM after a few steps: it saves a resumable checkpoint and exits 0.
+    # Ctrl-C (SIGINT) a second run after a few steps: it saves a resumable checkpoint and exits 130.
     part = tmp_path / "part"
     proc = subprocess.Popen(
         [TUNE, "run", "recipes/sft_distributed.py", "--config", CONFIG, f"output_dir={part}", *common],
@@ -73,12 +76,12 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         metrics = part / "metrics.jsonl"
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.05)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-4000:]
-    assert "preempted (SIGTERM)" in output
+    assert proc.returncode == 130, output[-4000:]
+    assert "preempted (SIGINT)" in output
     stopped = len(read_metrics(part))
     assert 3 <= stopped < 12, stopped
 
@@ -134,3 +137,47 @@ def test_frozen_multimodal_encoders_keep_their_weights(tmp_path):
         assert torch.equal(trained[key], initial[key]), key
     q_proj = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(trained[q_proj], initial[q_proj])  # the LLM trained
+
+
+def test_sigterm_under_torchrun_exits_143_on_the_launcher(tmp_path):
+    """`tune run --nproc_per_node 2`: the launcher forwards SIGTERM, both ranks save and exit 143,
+    and merr1's `tune` reports 143 (plain torchrun would exit 1)."""
+    out = tmp_path / "two"
+    proc = subprocess.Popen(
+        [TUNE, "run", "--nproc_per_node", "2", "recipes/sft_distributed.py", "--config", CONFIG, f"output_dir={out}",
+         "epochs=3", "max_steps_per_epoch=4", *FAST],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=TWO_RANK_ENV,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, output[-4000:]
+    assert "preempted (SIGTERM)" in output
+    assert (out / "checkpoints" / "latest").is_file()
+
+
+def test_resume_refuses_changed_settings_and_never_rewrites_a_finished_run(tmp_path):
+    """Issue 15: a changed lr is refused on resume (the config.yaml stays the first run's); named in
+    resume_allow_changed it is accepted and recorded; resuming the finished run rewrites nothing."""
+    out = tmp_path / "run"
+    common = ["epochs=1", "max_steps_per_epoch=2", *FAST]
+    sft_run([f"output_dir={out}", *common])
+    first_config = (out / "config.yaml").read_text()
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl"}
+
+    proc = sft_run([f"output_dir={out}", "resume_from_checkpoint=true", "optimizer.lr=2e-3", *common], check=False)
+    assert proc.returncode != 0
+    assert "optimizer.lr: 0.001 -> 0.002" in proc.stderr and "resume_allow_changed" in proc.stderr
+    assert (out / "config.yaml").read_text() == first_config
+
+    sft_run([f"output_dir={out}", "resume_from_checkpoint=true", "optimizer.lr=2e-3", "resume_allow_changed=[optimizer.lr]",
+             *common])  # fmt: skip
+    assert (out / "config.yaml").read_text() == first_config
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # the finished run's files are untouched
+    assert list(out.glob("config.resumed_at_step_2*.yaml"))
+    assert len(read_metrics(out)) == 2
