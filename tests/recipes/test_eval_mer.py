@@ -91,7 +91,8 @@ def test_report_keys_ranges_and_predictions(one_rank, sample_info):
     out, proc = one_rank
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"datasets", "means", "sentiment_mapper", "sentiment_mapper_config", "sampling",
-                           "answer_fallback", "runtime"}  # fmt: skip
+                           "answer_fallback", "early_exit", "runtime"}  # fmt: skip
+    assert report["early_exit"] is None  # VideoAuto-R1 inference is off by default
     assert report["sentiment_mapper"] == "lexicon"
     assert list(report["datasets"]) == list(DATASETS)
     assert report["means"]["datasets"] == list(DATASETS) and report["means"]["num_datasets"] == 4

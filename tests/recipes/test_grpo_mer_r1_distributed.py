@@ -171,8 +171,8 @@ def test_settings_that_cannot_train_are_refused_at_construction(tmp_path, monkey
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["generation.topk=5"], "generation.topk: unknown key; generation accepts max_new_tokens, stop_strings, "
-                                "temperature, top_k, top_p"),
+        (["generation.topk=5"], "generation.topk: unknown key; generation accepts decode_backend, max_new_tokens, "
+                                "stop_strings, temperature, top_k, top_p"),
         (["rewards.9.strict=true"], "override 'rewards.9.strict=true': rewards has 4 items (indices 0..3)"),
     ],
 )

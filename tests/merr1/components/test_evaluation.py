@@ -138,7 +138,7 @@ def test_slow_fast_diagnostics_and_tables():
 def test_settings_mismatch():
     cfg = {
         "checkpoint_dir": "a/hf", "tokenizer": {"x": 1}, "model": {"m": 1}, "dtype": "bf16", "seed": 0,
-        "sampling": {"temperature": 0.0}, "answer_fallback": "none", "diagnostics": {"enabled": True},
+        "sampling": {"temperature": 0.0}, "answer_fallback": "none", "diagnostics": {"enabled": True}, "early_exit": {"enabled": False},
         "datasets": [{"_component_": "d", "data_dir": "p", "strict": False}], "batch_size": 8,
     }  # fmt: skip
     old = generation_settings(cfg, ["ov"])
