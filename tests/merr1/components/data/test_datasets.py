@@ -157,8 +157,10 @@ def test_sft_items_mask_the_prompt(tok, sample_dir):
         assert tok.decode(ids[first:]) == target + "<|im_end|>"
         assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n")
         assert set(item["media"]) == {
-            "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw", "video_second_per_grid"
+            "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
+            "use_audio_in_video",
         }  # fmt: skip
+        assert item["media"]["use_audio_in_video"].dtype == torch.bool and bool(item["media"]["use_audio_in_video"])
 
 
 def test_rl_items_and_partition(tok, sample_dir):
