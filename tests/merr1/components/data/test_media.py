@@ -424,3 +424,96 @@ def test_prepared_media_feed_the_tiny_thinker(tmp_path):
     assert torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="16 mel bins, the model expects 128"):
         mer_unibench(tok, data_dir, num_mel_bins=128)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio from the clip, recorded cache settings
+
+
+def _write_av_clip(path, seconds=1.0, rate=22050, channels=2, fps=10, codec="pcm_s16le"):
+    """A clip with a video stream and a stereo sine audio track (left 440 Hz, right silent), PyAV."""
+    import av
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    left = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    samples = np.stack([left, np.zeros_like(left)]) if channels == 2 else left[None]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream(codec, rate=rate)
+        audio.layout = "stereo" if channels == 2 else "mono"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        step = 1024
+        for start in range(0, samples.shape[1], step):
+            chunk = np.ascontiguousarray(samples[:, start : start + step].T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout=audio.layout.name)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+    return left.astype(np.float32) / 32768.0
+
+
+def test_read_audio_track_is_the_channel_mean(tmp_path):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    left = _write_av_clip(tmp_path / "clip.mkv")  # lossless PCM: the samples come back exactly
+    waveform, rate = data_media.read_audio_track(tmp_path / "clip.mkv")
+    assert rate == 22050 and waveform.shape == (len(left),)
+    assert torch.allclose(waveform, torch.from_numpy(left) / 2, atol=1e-6)  # (left + silent right) / 2
+
+
+def test_read_audio_track_refuses_a_silent_video(tmp_path):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    _write_mp4(tmp_path / "silent.mp4", [(0, 0, 0)] * 4)
+    with pytest.raises(ValueError, match="no audio track"):
+        data_media.read_audio_track(tmp_path / "silent.mp4")
+
+
+@pytest.mark.parametrize(
+    "audio_source, wav_names, expected",
+    [
+        ("auto", {"a"}, {"a": "wav", "b": "clip"}),  # audio/ lacks b: its clip's own track
+        ("video", {"a", "b"}, {"a": "clip", "b": "clip"}),
+        ("wav", {"a"}, {"a": "wav", "b": None}),  # b fails: missing audio file
+    ],
+)
+def test_prepare_media_takes_the_audio_from_the_clip(tmp_path, audio_source, wav_names, expected):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "video").mkdir()
+    for name in ("a", "b"):
+        _write_av_clip(tmp_path / "video" / f"{name}.mkv", seconds=1.0)
+    for name in wav_names:  # a .wav of a different length (0.5 s) tells the sources apart
+        write_wav(tmp_path / "audio" / f"{name}.wav", _sine(0.5), 16000)
+    report = prepare_media(
+        tmp_path / "cache", audio_dir=tmp_path / "audio", video_dir=tmp_path / "video", config=MediaConfig.tiny(),
+        names=["a", "b"], modalities=("audio",), audio_source=audio_source, progress=False,
+    )  # fmt: skip
+    frames = {"wav": 50, "clip": 100}  # 0.5 s / 1 s of 10 ms mel frames
+    for name, source in expected.items():
+        if source is None:
+            assert [n for n, _ in report.failed] == [name]
+            continue
+        assert load_media(cache_path(tmp_path / "cache", name))["input_features"].shape[-1] == frames[source], name
+    settings = json.loads((tmp_path / "cache" / data_media.SETTINGS_FILE).read_text())
+    assert settings["audio"]["source"] == audio_source and settings["modalities"] == ["audio"]
+
+
+def test_cache_settings_refuse_other_settings_and_unknown_caches(tmp_path):
+    cfg = MediaConfig.tiny()
+    settings = data_media.cache_settings(cfg, ("audio", "video"), "auto", AudioFeaturizer(cfg))
+    data_media.check_cache_settings(tmp_path / "c", settings)
+    data_media.check_cache_settings(tmp_path / "c", settings)  # same: fine
+    other = data_media.cache_settings(MediaConfig(), ("audio", "video"), "auto", AudioFeaturizer(cfg))
+    with pytest.raises(ValueError, match=r"video.max_pixels: cache 784, now 602112.*rm -r"):
+        data_media.check_cache_settings(tmp_path / "c", other)
+    (tmp_path / "legacy").mkdir()
+    save_media(tmp_path / "legacy" / "x.safetensors", {"video_second_per_grid": torch.ones(1)})
+    with pytest.raises(ValueError, match="no media_settings.json"):
+        data_media.check_cache_settings(tmp_path / "legacy", settings)
