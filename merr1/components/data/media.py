@@ -37,7 +37,8 @@ transformers Qwen2.5-Omni processor; checked tensor for tensor against transform
   [``min_pixels``, ``max_pixels``] = [128*28*28, 768*28*28] per frame (never the image processor's
   ``min_pixels``/``max_pixels`` of ``preprocessor_config.json``), the maximum lowered to an even
   share of a total budget of ``max_video_tokens`` tokens (qwen-omni-utils' VIDEO_TOTAL_PIXELS,
-  floored at 1.05 * ``min_pixels``); a 10 s 720p clip becomes 20 frames of 532x952 pixels.
+  floored at 1.05 * ``min_pixels``); a 10 s 720p clip becomes 20 frames of 560x1008 pixels
+  (7,200 video tokens; the image range would give 728x1288 and 11,960).
 - resampling: bicubic with antialiasing on the uint8 frames (torch's native uint8 kernel: what
   torchvision's ``resize`` runs for uint8 frames on CPU, where qwen-omni-utils and the processor run);
 - rescale and normalize fused as transformers does (``(x - 255 * mean) / (255 * std)`` in float32),
