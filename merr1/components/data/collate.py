@@ -336,11 +336,38 @@ class SFTCollator:
         }
 
 
+def check_audio_in_video_layout(prompt_ids: torch.Tensor, media: dict[str, Any], token_ids: dict[str, int]) -> None:
+    """A prompt whose media carry ``use_audio_in_video`` must hold each video as an interleaved
+    block (``<|vision_bos|><|audio_bos|>``...), never a plain ``<|vision_bos|><|VIDEO|>`` one: the
+    Thinker would give such video tokens text positions without any error.
+
+    Raises:
+        ValueError: naming the fix (build second-pass prompts with ``prompts.recheck_prompt_ids``,
+            which copies the rollout prompt's media block verbatim).
+    """
+    if not bool(media.get(USE_AUDIO_IN_VIDEO, False)):
+        return
+    ids = prompt_ids.tolist()
+    starts = [i for i, t in enumerate(ids) if t == token_ids["vision_start_token_id"]]
+    plain = [i for i in starts if ids[i + 1 : i + 2] != [token_ids["audio_start_token_id"]]]
+    num_videos = len(media["video_grid_thw"]) if "video_grid_thw" in media else 0
+    if plain or len(starts) != num_videos:
+        raise ValueError(
+            f"a prompt with use_audio_in_video media has {len(starts) - len(plain)} interleaved audio-video "
+            f"block(s) for {num_videos} video(s) and {len(plain)} plain video block(s); build it from the "
+            "rollout prompt with merr1.components.data.prompts.recheck_prompt_ids (media block copied "
+            "verbatim), or turn dataset.use_audio_in_video off"
+        )
+
+
 class PromptCollator:
     """Left-padded prompt batches for rollouts and evaluation (see the module docstring).
 
+    A sample whose media carry ``use_audio_in_video`` must have the interleaved layout
+    (``check_audio_in_video_layout``).
+
     Args:
-        tokenizer: supplies ``pad_token_id``.
+        tokenizer: supplies ``pad_token_id`` and the media token ids.
         media_dtype: cast floating media tensors to this dtype; None keeps them.
     """
 
@@ -349,10 +376,16 @@ class PromptCollator:
         if self.pad_id is None:
             raise ValueError("tokenizer has no pad_token_id")
         self.media_dtype = _dtype(media_dtype)
+        self.token_ids = {
+            "vision_start_token_id": tokenizer.convert_tokens_to_ids(VISION_BOS),
+            "audio_start_token_id": tokenizer.convert_tokens_to_ids(AUDIO_BOS),
+        }
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
+        for s in samples:
+            check_audio_in_video_layout(s["prompt_ids"], s["media"], self.token_ids)
         prompts = [s["prompt_ids"] for s in samples]
         batch: dict[str, Any] = {
             "prompt_ids": pad_sequences(prompts, self.pad_id, "left"),  # [B, P]

@@ -300,3 +300,17 @@ def test_packed_sft_positions_and_losses_equal_unpacked(thinker, tok):
             losses_packed.append(torch.nn.functional.cross_entropy(got[at : at + n - 1][keep], labels[keep], reduction="none"))
             at += n
     assert_close_to_scale(torch.cat(losses_packed), torch.cat(losses_single), rtol=1e-5)
+
+
+def test_prompt_collator_refuses_a_plain_layout_with_audio_in_video_media(tok):
+    """A second-pass prompt built from placeholder counts (plain layout) would silently get text
+    positions for its video tokens: refused, naming recheck_prompt_ids; the copied block passes."""
+    item = samples(tok, CLIPS[:1])[0]
+    num_audio = int((item["prompt_ids"] == S["<|AUDIO|>"]).sum())
+    num_video = int((item["prompt_ids"] == S["<|VIDEO|>"]).sum())
+    plain = build_chat_prompt("Sad?", num_audio=num_audio, num_video=num_video, system_prompt=None)
+    with pytest.raises(ValueError, match="recheck_prompt_ids"):
+        PromptCollator(tok)([{"name": "q", "prompt_ids": torch.tensor(encode_text(tok, plain)), "media": item["media"]}])
+    copied = recheck_prompt_ids(tok, "Sad?", item["prompt_ids"].tolist(), system_prompt=None)
+    batch = PromptCollator(tok)([{"name": "q", "prompt_ids": torch.tensor(copied), "media": item["media"]}])
+    assert bool(batch["media"]["use_audio_in_video"])
