@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import torch
 
-from merr1.components.data.prompts import AUDIO_BOS, AUDIO_TOKEN, VIDEO_TOKEN, VISION_BOS, _chunk_lengths
+from merr1.components.data.prompts import AUDIO_BOS, AUDIO_TOKEN, VIDEO_TOKEN, VISION_BOS, chunk_lengths
 
 IGNORE_INDEX = -100  # label of unsupervised positions (HF / PyTorch cross-entropy convention)
 
@@ -139,7 +139,7 @@ def mrope_position_ids(
     - ``use_audio_in_video``: a block ``<|vision_bos|><|audio_bos|>`` (interleaved video and audio
       chunks) ``<|audio_eos|><|vision_eos|>``: both bos tokens share one position p; video and audio
       start at p + 1 on one time axis (an audio token is 1/25 s), their positions are handed out
-      chunk by chunk (video chunk j, then audio chunk j, ``_chunk_lengths``) in sequence order;
+      chunk by chunk (video chunk j, then audio chunk j, ``chunk_lengths``) in sequence order;
       both eos tokens take the maximum of the LAST chunk + 1 (a quirk kept from get_rope_index).
 
     Args:
@@ -182,8 +182,8 @@ def mrope_position_ids(
                 )
             audio = torch.arange(num_audio).expand(3, -1) + start + 1
             per_chunk = int(position_id_per_seconds * seconds_per_chunk)
-            v_sizes = _chunk_lengths([(int(x), 1) for x in (video[0] - start - 1).tolist()], per_chunk)
-            a_sizes = _chunk_lengths([(k, 1) for k in range(num_audio)], per_chunk)
+            v_sizes = chunk_lengths([(int(x), 1) for x in (video[0] - start - 1).tolist()], per_chunk)
+            a_sizes = chunk_lengths([(k, 1) for k in range(num_audio)], per_chunk)
             pieces, v_at, a_at = [], 0, 0
             for c in range(max(len(v_sizes), len(a_sizes))):
                 if c < len(v_sizes):

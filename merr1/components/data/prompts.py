@@ -206,7 +206,7 @@ def num_video_tokens(grid_thw: Sequence[int], spatial_merge_size: int = 2) -> in
     return t * h * w // spatial_merge_size**2
 
 
-def _chunk_lengths(runs: Sequence[tuple[int, int]], tokens_per_chunk: int) -> list[int]:
+def chunk_lengths(runs: Sequence[tuple[int, int]], tokens_per_chunk: int) -> list[int]:
     """Chunk sizes of a token sequence cut by the Qwen2.5-Omni rule (``get_chunked_index``).
 
     Walking the tokens, every token whose time value reaches ``current * tokens_per_chunk`` closes
@@ -241,7 +241,7 @@ def audio_in_video_chunks(
 
     Time values: a video token of temporal patch i has ``int(i * second_per_grid * 25)`` (float32, as
     the Thinker's ``get_rope_index``), audio token k has k (one audio token = 40 ms); chunk j
-    holds the values in [50 j, 50 (j + 1)) (``_chunk_lengths``). The video chunks come first in each
+    holds the values in [50 j, 50 (j + 1)) (``chunk_lengths``). The video chunks come first in each
     pair; a chunk past the end of one modality contributes 0 tokens of it.
 
     Args:
@@ -258,7 +258,7 @@ def audio_in_video_chunks(
         raise ValueError(f"audio in video needs audio and video tokens, got {num_audio} and grid {tuple(grid_thw)}")
     times = (torch.arange(t) * torch.tensor(float(second_per_grid)) * position_id_per_seconds).long().tolist()
     per_chunk = int(position_id_per_seconds * seconds_per_chunk)
-    video = _chunk_lengths([(v, per_frame) for v in times], per_chunk)
+    video = chunk_lengths([(v, per_frame) for v in times], per_chunk)
     audio = [per_chunk] * (num_audio // per_chunk) + ([num_audio % per_chunk] if num_audio % per_chunk else [])
     return [
         (video[j] if j < len(video) else 0, audio[j] if j < len(audio) else 0) for j in range(max(len(video), len(audio)))

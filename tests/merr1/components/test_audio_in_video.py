@@ -19,7 +19,7 @@ from numerics import assert_close_to_scale
 from merr1.components.data.collate import PromptCollator, SFTCollator, collate_media, mrope_position_ids
 from merr1.components.data.prompts import (
     PromptEncoder,
-    _chunk_lengths,
+    chunk_lengths,
     audio_in_video_chunks,
     build_chat_prompt,
     encode_fast_prefix,
@@ -122,7 +122,7 @@ def test_audio_in_video_chunks(num_audio, grid, second_per_grid, expected):
     ],
 )
 def test_chunk_lengths_follow_get_chunked_index(runs, expected):
-    assert _chunk_lengths(runs, 50) == expected
+    assert chunk_lengths(runs, 50) == expected
 
 
 def _processor_layout(num_audio, grid, second_per_grid):
