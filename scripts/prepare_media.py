@@ -2,13 +2,21 @@
 
 Layout read: ``{data_dir}/audio/{name}.wav`` and ``{data_dir}/video/{name}.mp4`` (the MER2025
 release's folders); written: ``{out}/{name}.safetensors`` (default ``{data_dir}/media_cache``),
-holding exactly the Thinker's multimodal forward kwargs (see ``merr1.components.data.media``).
+holding exactly the Thinker's multimodal forward kwargs (see ``merr1.components.data.media``), and
+``{out}/media_settings.json``, the settings they were made with. A cache folder made with other
+settings is refused (the error says how to rebuild it), so one cache never mixes two settings.
+
+Audio: ``--audio_source auto`` (default) reads ``audio/{name}.wav`` and falls back to the clip's
+own audio track when ``audio/`` lacks the file; ``video`` always takes the clip's track (what the
+model hears with ``use_audio_in_video``); ``wav`` reads the .wav files only.
 
 Examples:
     # real Qwen2.5-Omni features (128 mel bins, the checkpoint's processor settings)
     python scripts/prepare_media.py --data_dir data/mer2025 --processor /ckpt/Qwen2.5-Omni-7B
     # 4 processes in parallel (each takes every 4th name; safe because existing entries are skipped)
     for i in 0 1 2 3; do python scripts/prepare_media.py --data_dir D --processor P --shard $i/4 & done; wait
+    # the audio of every clip from its own mp4 (no audio/ folder needed)
+    python scripts/prepare_media.py --data_dir D --processor P --audio_source video
     # tiny-Thinker features (16 mel bins, one 28x28 frame pair), audio only
     python scripts/prepare_media.py --data_dir D --tiny --modalities audio
 
@@ -49,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--all_files", action="store_true",
                         help=f"decode every file found, not only the names of DATA_DIR/{TRACK2_CSV}")
     parser.add_argument("--shard", default="0/1", help="i/n: process every n-th name starting at i")
+    parser.add_argument(
+        "--audio_source", default="auto", choices=["auto", "wav", "video"],
+        help="auto: audio/{name}.wav, else the clip's own audio track; video: always the clip's; wav: .wav only",
+    )  # fmt: skip
     parser.add_argument("--cache_dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if any sample failed")
     return parser.parse_args(argv)
@@ -73,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--shard {args.shard}: need 0 <= i < n")
     if num_shards > 1:
         if names is None:
-            found = set(find_media_files(audio_dir, (".wav",))) | set(find_media_files(video_dir, VIDEO_EXTENSIONS))
+            found = set(find_media_files(video_dir, VIDEO_EXTENSIONS))
+            if args.audio_source != "video":
+                found |= set(find_media_files(audio_dir, (".wav",)))
             names = sorted(found)
         names = names[shard::num_shards]
     report = prepare_media(
@@ -83,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         names=names,
         modalities=tuple(args.modalities),
+        audio_source=args.audio_source,
     )
     return 1 if args.strict and report.failed else 0
 

@@ -242,7 +242,8 @@ def accepted_parameters(
                 inner, inner_any = accepted_parameters(forwarded, 0, ())
                 takes_any = takes_any or inner_any
                 for name, inner_param in inner.items():
-                    if name not in own:  # the builder fills these itself
+                    # The builder fills its own parameters and the target's required ones itself.
+                    if name not in own and inner_param.default is not inspect.Parameter.empty:
                         params[name] = inner_param
             continue
         if param.kind is inspect.Parameter.VAR_POSITIONAL:

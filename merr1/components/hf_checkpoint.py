@@ -21,7 +21,9 @@ Distributed loading (no rank ever holds two full copies): every rank builds the 
 
 Saving (``save_hf_checkpoint``) gathers the full state dict to rank 0's CPU, casts it, splits it
 into safetensors files of at most ``max_shard_size_gb`` with a ``model.safetensors.index.json``,
-writes ``config.json`` (+ tokenizer, + processor files), all into a temporary directory that is
+writes ``config.json`` and ``generation_config.json`` (the source checkpoint's when
+``copy_files_from`` has one, e.g. the real eos ids [151645, 151643], else the model's), plus tokenizer
+and processor files, all into a temporary directory that is
 renamed into place at the end, so a crash never leaves a half-written checkpoint. With
 ``omni_checkpoint_dir`` it writes a FULL Qwen2.5-Omni checkpoint instead: every non-Thinker tensor
 and file copied from the original, the ``thinker.*`` tensors replaced by the trained Thinker.
@@ -73,6 +75,7 @@ _AUX_FILE_PATTERNS = (
     "chat_template*",
     "*preprocessor_config.json",
     "processor_config.json",
+    "generation_config.json",
 )
 
 
@@ -573,7 +576,10 @@ def _write_checkpoint(
             write_safetensors(hf_state_dict, tmp_dir, max_shard_size_gb)
             _model_config_to_save(model, dtype).save_pretrained(str(tmp_dir))
             if copy_files_from is not None:
-                copy_aux_files(copy_files_from, tmp_dir)
+                copy_aux_files(copy_files_from, tmp_dir)  # the source's generation_config.json first
+            generation_config = getattr(model, "generation_config", None)
+            if generation_config is not None and not (tmp_dir / "generation_config.json").exists():
+                generation_config.save_pretrained(str(tmp_dir))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp_dir))
         _replace_dir(tmp_dir, output_dir)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -34,11 +35,14 @@ from torch import nn
 from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS
 
+logger = logging.getLogger(__name__)
+
 TINY_VOCAB_SIZE = 512
 
 # Text (LLM) shapes of the public Qwen2.5-Omni checkpoints (config.json, thinker_config.text_config).
-# The 3B's tie_word_embeddings is an assumption (Qwen2.5-3B ties them); it only matters for
-# random-weight benchmarks: real runs read the checkpoint's own config.
+# The 3B's tie_word_embeddings is an unconfirmed assumption (Qwen2.5-3B ties them) used ONLY for
+# random-weight benchmark models: a model built from a checkpoint is tied exactly when the
+# checkpoint has no lm_head.weight (``tie_word_embeddings_from_checkpoint``), whatever its config says.
 THINKER_TEXT_SHAPES: dict[str, dict] = {
     "3B": dict(
         vocab_size=151936,
@@ -418,11 +422,46 @@ def load_qwen2_config(checkpoint_dir: str | Path):
     return Qwen2Config.from_pretrained(str(checkpoint_dir))
 
 
+def checkpoint_ties_word_embeddings(checkpoint_dir: str | Path) -> bool | None:
+    """Whether a checkpoint's LM head is tied to its input embedding: True when it stores no
+    ``lm_head.weight`` (nor ``thinker.lm_head.weight``), as HF omits a tied head; None when the
+    directory holds no weights (nothing to detect, e.g. a config-only folder)."""
+    from merr1.components.hf_checkpoint import checkpoint_weight_files
+
+    try:
+        names = checkpoint_weight_files(checkpoint_dir)
+    except FileNotFoundError:
+        return None
+    return "lm_head.weight" not in names and "thinker.lm_head.weight" not in names
+
+
+def tie_word_embeddings_from_checkpoint(config, checkpoint_dir: str | Path) -> None:
+    """Set ``config.tie_word_embeddings`` (and its text config's) from the checkpoint's tensors.
+
+    The checkpoint decides, not a table or the config: a Thinker config without the flag defaults
+    to untied in transformers 5, so a tied checkpoint would otherwise get a randomly initialised
+    head. A disagreement with the config is logged."""
+    tied = checkpoint_ties_word_embeddings(checkpoint_dir)
+    if tied is None:
+        return
+    if bool(getattr(config, "tie_word_embeddings", False)) != tied:
+        logger.info(
+            "%s: the checkpoint %s lm_head.weight, so the LM head is %s (its config says tie_word_embeddings=%s)",
+            checkpoint_dir, "has no" if tied else "has an", "tied to the input embedding" if tied else "untied",
+            getattr(config, "tie_word_embeddings", None),
+        )  # fmt: skip
+    config.tie_word_embeddings = tied
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text_config is not config:
+        text_config.tie_word_embeddings = tied
+
+
 def _from_checkpoint(
     config, checkpoint_dir: str | Path, dtype: torch.dtype | str, device: str | torch.device
 ) -> nn.Module:
     from merr1.components.hf_checkpoint import read_hf_state_dict
 
+    tie_word_embeddings_from_checkpoint(config, checkpoint_dir)
     model = build_model(config, dtype=dtype, device="meta")
     if str(device) == "meta":
         return model
@@ -445,7 +484,8 @@ def qwen2_5_omni_thinker(
         device: ``"meta"`` returns a skeleton without reading any weight (module docstring).
 
     Returns:
-        ``Qwen2_5OmniThinkerForConditionalGeneration`` (train mode; weights tied as the config says).
+        ``Qwen2_5OmniThinkerForConditionalGeneration`` (train mode; LM head tied exactly when the
+        checkpoint has no ``lm_head.weight``).
     """
     return _from_checkpoint(load_thinker_config(checkpoint_dir), checkpoint_dir, dtype, device)
 

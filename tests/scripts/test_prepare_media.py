@@ -43,11 +43,11 @@ def test_strict_exit_status_and_shards(tmp_path, caplog):
     out = tmp_path / "cache"
     base = ["--data_dir", str(tmp_path), "--tiny", "--modalities", "audio", "--out", str(out)]
     assert script.main(base + ["--shard", "0/2"]) == 0  # a, c (c fails, not strict)
-    assert sorted(p.stem for p in out.iterdir()) == ["a"]
+    assert sorted(p.stem for p in out.glob("*.safetensors")) == ["a"]
     assert any("skipping c" in r.message for r in caplog.records)
     assert script.main(base + ["--shard", "1/2", "--strict"]) == 0  # b, d
     assert script.main(base + ["--strict"]) == 1  # c still fails
-    assert sorted(p.stem for p in out.iterdir()) == ["a", "b", "d"]
+    assert sorted(p.stem for p in out.glob("*.safetensors")) == ["a", "b", "d"]
 
 
 def test_names_csv_and_video_with_fake_frames(tmp_path, monkeypatch):
@@ -75,7 +75,21 @@ def test_names_csv_and_video_with_fake_frames(tmp_path, monkeypatch):
 
     monkeypatch.setattr(script, "prepare_media", with_fake)
     assert script.main(["--data_dir", str(tmp_path), "--tiny", "--names_csv", str(tmp_path / "names.csv")]) == 0
-    cached = sorted(p.stem for p in (tmp_path / "media_cache").iterdir())
+    cached = sorted(p.stem for p in (tmp_path / "media_cache").glob("*.safetensors"))
     assert cached == ["x"]
     media = load_media(cache_path(tmp_path / "media_cache", "x"))
     assert set(media) == set(MEDIA_KEYS) and media["video_grid_thw"].tolist() == [[1, 2, 2]]
+
+
+def test_a_cache_made_with_other_settings_is_refused(tmp_path):
+    import pytest
+
+    script = _load("prepare_media")
+    _wavs(tmp_path / "audio", ["a"])
+    base = ["--data_dir", str(tmp_path), "--tiny", "--modalities", "audio"]
+    assert script.main(base) == 0
+    assert script.main(base) == 0  # same settings: entries are reused
+    with pytest.raises(ValueError, match=r"other settings \(video.cache_dtype: cache 'bfloat16', now 'float32'\); rebuild it: delete"):
+        script.main(base + ["--cache_dtype", "float32"])
+    with pytest.raises(ValueError, match=r"audio.source: cache 'auto', now 'wav'"):
+        script.main(base + ["--audio_source", "wav"])

@@ -29,7 +29,10 @@ Media kwargs of a batch: ``input_features`` [N_audio, n_mels, F_max] zero-padded
 ``feature_attention_mask`` [N_audio, F_max]; ``pixel_values_videos`` rows concatenated in sample
 order; ``video_grid_thw`` [N_video, 3] and ``video_second_per_grid`` [N_video] stacked; samples
 without a modality simply contribute nothing to it. Floating tensors are cast to ``media_dtype``
-when it is given.
+when it is given. Samples whose prompt interleaves the clip's audio with its video carry
+``use_audio_in_video`` (a 0-dim bool tensor, so ``.to(device)`` loops keep working); the batch then
+carries it too, and the Thinker builds its TMRoPE positions. The flag holds for the whole batch
+(``get_rope_index`` takes one), so a batch mixing the two layouts is refused.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ from typing import Any, Sequence
 
 import torch
 
-from merr1.components.data.prompts import VIDEO_TOKEN
+from merr1.components.data.prompts import AUDIO_BOS, AUDIO_TOKEN, VIDEO_TOKEN, VISION_BOS, chunk_lengths
 
 IGNORE_INDEX = -100  # label of unsupervised positions (HF / PyTorch cross-entropy convention)
 
-# Qwen2.5-Omni Thinker defaults (config.position_id_per_seconds, vision_config.spatial_merge_size).
+# Qwen2.5-Omni Thinker defaults (config.position_id_per_seconds, config.seconds_per_chunk,
+# vision_config.spatial_merge_size).
 POSITION_ID_PER_SECONDS = 25
+SECONDS_PER_CHUNK = 2
 SPATIAL_MERGE_SIZE = 2
+USE_AUDIO_IN_VIDEO = "use_audio_in_video"
 
 
 def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -62,6 +68,14 @@ def collate_media(
     """Batch per-sample media kwargs (see the module docstring); {} if no sample has media."""
     dtype = _dtype(dtype)
     out: dict[str, torch.Tensor] = {}
+    flags = {bool(m[USE_AUDIO_IN_VIDEO]) if USE_AUDIO_IN_VIDEO in m else False for m in media if "pixel_values_videos" in m}
+    if len(flags) > 1:
+        raise ValueError(
+            "a batch mixes samples with audio interleaved in the video (use_audio_in_video) and samples with "
+            "separate audio and video blocks; the Thinker takes one use_audio_in_video per batch"
+        )
+    if True in flags:
+        out[USE_AUDIO_IN_VIDEO] = torch.tensor(True)
     audio = [m for m in media if "input_features" in m]
     if audio:
         max_frames = max(m["input_features"].shape[-1] for m in audio)
@@ -162,18 +176,34 @@ def mrope_position_ids(
     video_second_per_grid: torch.Tensor | None,
     *,
     video_token_id: int,
+    audio_token_id: int | None = None,
+    vision_start_token_id: int | None = None,
+    audio_start_token_id: int | None = None,
+    use_audio_in_video: bool = False,
     spatial_merge_size: int = SPATIAL_MERGE_SIZE,
     position_id_per_seconds: float = POSITION_ID_PER_SECONDS,
+    seconds_per_chunk: float = SECONDS_PER_CHUNK,
 ) -> torch.Tensor:
-    """Qwen2.5-Omni multimodal RoPE positions of ONE unpadded sample (audio before video, no
-    images, no audio-in-video): text and audio tokens advance all three axes by one; a video run
-    takes (t * second_per_grid * position_id_per_seconds, row, column) offsets from its start and
-    the next token continues at the maximum + 1 (as ``Qwen2_5OmniThinkerModel.get_rope_index``).
+    """Qwen2.5-Omni multimodal RoPE positions of ONE unpadded sample, as
+    ``Qwen2_5OmniThinkerModel.get_rope_index`` builds them (no images).
+
+    - Text, audio blocks and media boundary tokens advance all three axes by one.
+    - A video run takes (t * second_per_grid * position_id_per_seconds, row, column) offsets from
+      its start (float32 product, truncated); the next token continues at the maximum + 1.
+    - ``use_audio_in_video``: a block ``<|vision_bos|><|audio_bos|>`` (interleaved video and audio
+      chunks) ``<|audio_eos|><|vision_eos|>``: both bos tokens share one position p; video and audio
+      start at p + 1 on one time axis (an audio token is 1/25 s), their positions are handed out
+      chunk by chunk (video chunk j, then audio chunk j, ``chunk_lengths``) in sequence order;
+      both eos tokens take the maximum of the LAST chunk + 1 (a quirk kept from get_rope_index).
 
     Args:
         input_ids: [L] token ids.
         video_grid_thw: [N_video, 3] patch grids of this sample's videos, in order (or None).
         video_second_per_grid: [N_video] seconds per temporal patch (or None).
+        video_token_id, audio_token_id, vision_start_token_id, audio_start_token_id: the Thinker's ids
+            (the last three are needed with ``use_audio_in_video``).
+        use_audio_in_video: whether the sample's videos carry their audio interleaved.
+        spatial_merge_size, position_id_per_seconds, seconds_per_chunk: the Thinker config's.
 
     Returns:
         [3, L] int64 positions (temporal, height, width).
@@ -181,32 +211,66 @@ def mrope_position_ids(
     ids = input_ids.tolist()
     chunks: list[torch.Tensor] = []
     start, i, video_idx = 0, 0, 0
+
+    def video_positions(offset: int) -> torch.Tensor:  # [3, t*h*w/merge^2]
+        t, h, w = (int(x) for x in video_grid_thw[video_idx])
+        gh, gw = h // spatial_merge_size, w // spatial_merge_size
+        times = (torch.arange(t) * video_second_per_grid[video_idx].float() * position_id_per_seconds).long()
+        return torch.stack([
+            times.repeat_interleave(gh * gw), torch.arange(gh).repeat_interleave(gw).repeat(t), torch.arange(gw).repeat(t * gh)
+        ]) + offset  # fmt: skip
+
     while i < len(ids):
-        j = i
-        if ids[i] == video_token_id:
+        interleaved = use_audio_in_video and ids[i] == vision_start_token_id and ids[i + 1 : i + 2] == [audio_start_token_id]
+        if interleaved:
+            j = i + 2
+            while j < len(ids) and ids[j] in (video_token_id, audio_token_id):
+                j += 1
+            video = video_positions(start + 1)
+            num_video = sum(1 for k in range(i + 2, j) if ids[k] == video_token_id)
+            num_audio = (j - i - 2) - num_video
+            if num_video != video.shape[1] or num_audio < 1:
+                raise ValueError(
+                    f"audio-in-video block at token {i} has {num_video} video and {num_audio} audio tokens; "
+                    f"video grid {video_grid_thw[video_idx].tolist()} needs {video.shape[1]} video tokens and audio"
+                )
+            audio = torch.arange(num_audio).expand(3, -1) + start + 1
+            per_chunk = int(position_id_per_seconds * seconds_per_chunk)
+            v_sizes = chunk_lengths([(int(x), 1) for x in (video[0] - start - 1).tolist()], per_chunk)
+            a_sizes = chunk_lengths([(k, 1) for k in range(num_audio)], per_chunk)
+            pieces, v_at, a_at = [], 0, 0
+            for c in range(max(len(v_sizes), len(a_sizes))):
+                if c < len(v_sizes):
+                    pieces.append(video[:, v_at : v_at + v_sizes[c]])
+                    v_at += v_sizes[c]
+                if c < len(a_sizes):
+                    pieces.append(audio[:, a_at : a_at + a_sizes[c]])
+                    a_at += a_sizes[c]
+            end = int(pieces[-1].max()) + 1
+            chunks += [torch.full((3, 2), start, dtype=torch.long), *pieces, torch.full((3, 2), end, dtype=torch.long)]
+            start, i, video_idx = end + 1, j + 2, video_idx + 1
+        elif ids[i] == video_token_id:
+            if use_audio_in_video:
+                raise ValueError(
+                    f"video token at {i} outside an audio-in-video block; with use_audio_in_video every video "
+                    "must be <|vision_bos|><|audio_bos|>...<|audio_eos|><|vision_eos|>"
+                )
+            j = i
             while j < len(ids) and ids[j] == video_token_id:
                 j += 1
-            t, h, w = (int(x) for x in video_grid_thw[video_idx])
-            gh, gw = h // spatial_merge_size, w // spatial_merge_size
-            if j - i != t * gh * gw:
-                raise ValueError(f"video run of {j - i} tokens does not match grid {(t, h, w)}")
-            t_index = (torch.arange(t) * float(video_second_per_grid[video_idx]) * position_id_per_seconds).long()
-            pos = torch.stack(
-                [
-                    t_index.repeat_interleave(gh * gw),
-                    torch.arange(gh).repeat_interleave(gw).repeat(t),
-                    torch.arange(gw).repeat(t * gh),
-                ]
-            )
-            chunks.append(pos + start)
-            start = int(chunks[-1].max()) + 1
-            video_idx += 1
+            pos = video_positions(start)
+            if j - i != pos.shape[1]:
+                raise ValueError(f"video run of {j - i} tokens does not match grid {video_grid_thw[video_idx].tolist()}")
+            chunks.append(pos)
+            start, i, video_idx = int(pos.max()) + 1, j, video_idx + 1
         else:
-            while j < len(ids) and ids[j] != video_token_id:
+            j = i
+            while j < len(ids) and ids[j] != video_token_id and not (
+                use_audio_in_video and ids[j] == vision_start_token_id and ids[j + 1 : j + 2] == [audio_start_token_id]
+            ):
                 j += 1
             chunks.append(torch.arange(start, start + j - i).expand(3, -1))
-            start += j - i
-        i = j
+            start, i = start + j - i, j
     return torch.cat(chunks, dim=1) if chunks else torch.zeros(3, 0, dtype=torch.long)
 
 
@@ -219,7 +283,8 @@ class SFTCollator:
         max_packed_tokens: row capacity when packed (required then).
         mrope: emit Thinker-style [4, R, L] position ids when packed (required for the Thinker).
         media_dtype: cast floating media tensors to this dtype (e.g. "bfloat16"); None keeps them.
-        spatial_merge_size, position_id_per_seconds: the Thinker's values (for ``mrope``).
+        spatial_merge_size, position_id_per_seconds, seconds_per_chunk: the Thinker's values (for
+            ``mrope``; samples whose media carry ``use_audio_in_video`` get the TMRoPE positions).
     """
 
     def __init__(
@@ -232,11 +297,18 @@ class SFTCollator:
         media_dtype: str | torch.dtype | None = None,
         spatial_merge_size: int = SPATIAL_MERGE_SIZE,
         position_id_per_seconds: float = POSITION_ID_PER_SECONDS,
+        seconds_per_chunk: float = SECONDS_PER_CHUNK,
     ):
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             raise ValueError("tokenizer has no pad_token_id")
-        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.token_ids = {
+            "video_token_id": tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+            "audio_token_id": tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+            "vision_start_token_id": tokenizer.convert_tokens_to_ids(VISION_BOS),
+            "audio_start_token_id": tokenizer.convert_tokens_to_ids(AUDIO_BOS),
+        }
+        self.seconds_per_chunk = seconds_per_chunk
         if packed and not max_packed_tokens:
             raise ValueError("packed=True needs max_packed_tokens (the row capacity)")
         self.packed = packed
@@ -269,9 +341,11 @@ class SFTCollator:
             ids,
             grid,
             spg,
-            video_token_id=self.video_token_id,
+            **self.token_ids,
+            use_audio_in_video=bool(m.get(USE_AUDIO_IN_VIDEO, False)),
             spatial_merge_size=self.spatial_merge_size,
             position_id_per_seconds=self.position_id_per_seconds,
+            seconds_per_chunk=self.seconds_per_chunk,
         )
         return torch.cat([text[None], rope])  # [4, L]
 
@@ -316,11 +390,38 @@ class SFTCollator:
         }
 
 
+def check_audio_in_video_layout(prompt_ids: torch.Tensor, media: dict[str, Any], token_ids: dict[str, int]) -> None:
+    """A prompt whose media carry ``use_audio_in_video`` must hold each video as an interleaved
+    block (``<|vision_bos|><|audio_bos|>``...), never a plain ``<|vision_bos|><|VIDEO|>`` one: the
+    Thinker would give such video tokens text positions without any error.
+
+    Raises:
+        ValueError: naming the fix (build second-pass prompts with ``prompts.recheck_prompt_ids``,
+            which copies the rollout prompt's media block verbatim).
+    """
+    if not bool(media.get(USE_AUDIO_IN_VIDEO, False)):
+        return
+    ids = prompt_ids.tolist()
+    starts = [i for i, t in enumerate(ids) if t == token_ids["vision_start_token_id"]]
+    plain = [i for i in starts if ids[i + 1 : i + 2] != [token_ids["audio_start_token_id"]]]
+    num_videos = len(media["video_grid_thw"]) if "video_grid_thw" in media else 0
+    if plain or len(starts) != num_videos:
+        raise ValueError(
+            f"a prompt with use_audio_in_video media has {len(starts) - len(plain)} interleaved audio-video "
+            f"block(s) for {num_videos} video(s) and {len(plain)} plain video block(s); build it from the "
+            "rollout prompt with merr1.components.data.prompts.recheck_prompt_ids (media block copied "
+            "verbatim), or turn dataset.use_audio_in_video off"
+        )
+
+
 class PromptCollator:
     """Left-padded prompt batches for rollouts and evaluation (see the module docstring).
 
+    A sample whose media carry ``use_audio_in_video`` must have the interleaved layout
+    (``check_audio_in_video_layout``).
+
     Args:
-        tokenizer: supplies ``pad_token_id``.
+        tokenizer: supplies ``pad_token_id`` and the media token ids.
         media_dtype: cast floating media tensors to this dtype; None keeps them.
     """
 
@@ -329,10 +430,16 @@ class PromptCollator:
         if self.pad_id is None:
             raise ValueError("tokenizer has no pad_token_id")
         self.media_dtype = _dtype(media_dtype)
+        self.token_ids = {
+            "vision_start_token_id": tokenizer.convert_tokens_to_ids(VISION_BOS),
+            "audio_start_token_id": tokenizer.convert_tokens_to_ids(AUDIO_BOS),
+        }
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
+        for s in samples:
+            check_audio_in_video_layout(s["prompt_ids"], s["media"], self.token_ids)
         prompts = [s["prompt_ids"] for s in samples]
         batch: dict[str, Any] = {
             "prompt_ids": pad_sequences(prompts, self.pad_id, "left"),  # [B, P]

@@ -40,6 +40,16 @@ Missing values: a subtitle or openset cell that pandas' ``read_csv`` would read 
 cell or one of its default NA strings such as ``NA``, ``None``, ``null``, ``nan``; the official
 code reads every CSV with pandas) is an empty subtitle / the neutral label, as in the official code.
 
+Audio in video (``use_audio_in_video``, on by default): when a set has both audio and video, the
+audio is the clip's own sound track (``scripts/prepare_media.py`` takes it from ``audio/{name}.wav``
+or from the clip), so the prompts interleave it with the video chunk by chunk, exactly as the
+Qwen2.5-Omni processor does with ``use_audio_in_video=True`` (``prompts.audio_in_video_chunks``), and
+each item's ``media`` carries ``use_audio_in_video`` so the Thinker aligns audio and video in time
+(TMRoPE). Why on: Qwen2.5-Omni is pre-trained on video with its own audio this way, and MER clips
+are talking faces whose tone and expressions belong together in time. Turn it off
+(``dataset.use_audio_in_video=false``) for audio that is not the clip's track, or to reproduce a
+run with separate blocks (audio first, then video); a cache is the same either way.
+
 Bad rows (duplicate name, unknown label format, empty basic label or unreadable score, missing or
 empty reason in ``sft`` mode, missing subtitle row, missing/unreadable/inconsistent media entry,
 too long) are logged with their name and reason, counted in one summary line and skipped; with
@@ -71,10 +81,12 @@ from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.data import media as data_media
 from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
 from merr1.components.emotion_wheel import parse_emotion_list
+from merr1.components.data.collate import USE_AUDIO_IN_VIDEO
 from merr1.components.data.prompts import (
     QWEN_OMNI_SYSTEM_PROMPT,
     PromptEncoder,
     ResponseFormat,
+    audio_in_video_chunks,
     encode_target,
     num_audio_tokens,
     num_video_tokens,
@@ -263,6 +275,7 @@ class _Record:
     media_path: Path | None
     target_ids: torch.Tensor | None = None  # [T] SFT target incl. <|im_end|>
     label: Any = None
+    audio_in_video: tuple[tuple[int, int], ...] | None = None  # interleaved chunks (video, audio tokens)
 
 
 class _SampleEncoder:
@@ -277,6 +290,9 @@ class _SampleEncoder:
         modalities: Sequence[str],
         spatial_merge_size: int,
         num_mel_bins: int | None,
+        use_audio_in_video: bool = True,
+        position_id_per_seconds: int = 25,
+        seconds_per_chunk: float = 2.0,
     ):
         self.tokenizer = tokenizer
         self.prompts = PromptEncoder(tokenizer, response_format, system_prompt, instruction)
@@ -290,13 +306,17 @@ class _SampleEncoder:
         self.media_keys = (data_media.AUDIO_KEYS if "audio" in self.modalities else ()) + (
             data_media.VIDEO_KEYS if "video" in self.modalities else ()
         )
+        self.audio_in_video = use_audio_in_video and {"audio", "video"} <= set(self.modalities)
+        self.position_id_per_seconds = position_id_per_seconds
+        self.seconds_per_chunk = seconds_per_chunk
 
-    def media_counts(self, path: Path) -> tuple[int, int]:
-        """(num audio tokens, num video tokens) of a cache entry; BadRowError if unusable."""
+    def media_counts(self, path: Path) -> tuple[int, int, tuple[tuple[int, int], ...] | None]:
+        """(num audio tokens, num video tokens, audio-in-video chunks or None) of a cache entry;
+        BadRowError if unusable."""
         if not path.is_file():
             raise BadRowError("missing media file", str(path))
         try:
-            shapes, grid = data_media.inspect_media(path)
+            shapes, grid, second_per_grid = data_media.inspect_media(path)
         except Exception as e:  # safetensors raises its own error types on corrupt files
             raise BadRowError("unreadable media", f"{path}: {e}") from e
         try:
@@ -309,24 +329,40 @@ class _SampleEncoder:
                 num_video = num_video_tokens(grid, self.spatial_merge_size)
                 if shapes["pixel_values_videos"][0] != grid[0] * grid[1] * grid[2]:
                     raise ValueError(f"video has {shapes['pixel_values_videos'][0]} patches for grid {grid}")
+            chunks = None
+            if self.audio_in_video:
+                chunks = tuple(
+                    audio_in_video_chunks(
+                        num_audio, grid, second_per_grid, spatial_merge_size=self.spatial_merge_size,
+                        position_id_per_seconds=self.position_id_per_seconds, seconds_per_chunk=self.seconds_per_chunk,
+                    )
+                )  # fmt: skip
         except ValueError as e:
             raise BadRowError("inconsistent media", f"{path}: {e}") from e
-        return num_audio, num_video
+        return num_audio, num_video, chunks
 
     def tokenize_subtitles(self, subtitles: dict[str, str], names: set[str]) -> dict[str, list[int]]:
         """name -> subtitle token ids for the ``names`` that have a subtitle (one tokenizer call)."""
         wanted = [n for n in subtitles if n in names]
         return dict(zip(wanted, self.prompts.encode_subtitles([subtitles[n] for n in wanted])))
 
+    def prompt_length(self, num_subtitle_tokens: int, num_audio: int, num_video: int, fast: bool = False) -> int:
+        return self.prompts.prompt_length(num_subtitle_tokens, num_audio, num_video, fast, self.audio_in_video)
+
     def prompt_ids(self, record: "_Record", fast: bool = False) -> torch.Tensor:
-        ids = self.prompts.assemble(record.subtitle_ids.tolist(), record.num_audio, record.num_video, fast)
+        ids = self.prompts.assemble(
+            record.subtitle_ids.tolist(), record.num_audio, record.num_video, fast, record.audio_in_video
+        )
         return torch.tensor(ids, dtype=torch.long)
 
     def load_media(self, record: "_Record") -> dict[str, torch.Tensor]:
         if record.media_path is None:
             return {}
         media = data_media.load_media(record.media_path)
-        return {k: media[k] for k in self.media_keys}
+        out = {k: media[k] for k in self.media_keys}
+        if record.audio_in_video is not None:
+            out[USE_AUDIO_IN_VIDEO] = torch.tensor(True)
+        return out
 
 
 def _report_bad_rows(what: str, bad_rows: list[BadRow], num_kept: int, strict: bool) -> None:
@@ -378,6 +414,9 @@ class MERCaptionPlusDataset(Dataset):
         strict: raise on the first bad row instead of skipping.
         spatial_merge_size: vision merge size (2 for Qwen2.5-Omni).
         num_mel_bins: if given, cached audio must have this many mel bins.
+        use_audio_in_video: interleave each clip's audio with its video (module docstring); only
+            acts when ``modalities`` has both audio and video.
+        position_id_per_seconds, seconds_per_chunk: the Thinker config's (25 and 2 for Qwen2.5-Omni).
     """
 
     def __init__(
@@ -398,6 +437,9 @@ class MERCaptionPlusDataset(Dataset):
         strict: bool = False,
         spatial_merge_size: int = 2,
         num_mel_bins: int | None = None,
+        use_audio_in_video: bool = True,
+        position_id_per_seconds: int = 25,
+        seconds_per_chunk: float = 2.0,
     ):
         if split not in ("sft", "rl", "all"):
             raise ValueError(f"split must be 'sft', 'rl' or 'all', got {split!r}")
@@ -408,8 +450,9 @@ class MERCaptionPlusDataset(Dataset):
         self.split = split
         data_dir = Path(data_dir)
         self.encoder = _SampleEncoder(
-            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins
-        )
+            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins,
+            use_audio_in_video, position_id_per_seconds, seconds_per_chunk,
+        )  # fmt: skip
         media_dir = Path(media_dir) if media_dir is not None else data_dir / MEDIA_DIR
 
         # All files are opened first: a missing CSV fails before anything else happens.
@@ -456,13 +499,15 @@ class MERCaptionPlusDataset(Dataset):
         words = parse_openset_cell(row["openset"])
         if name not in subtitle_ids:
             raise BadRowError("missing subtitle")
-        num_audio, num_video, media_path = 0, 0, None
+        num_audio, num_video, chunks, media_path = 0, 0, None, None
         if self.encoder.modalities:
             media_path = data_media.cache_path(media_dir, name)
-            num_audio, num_video = self.encoder.media_counts(media_path)
+            num_audio, num_video, chunks = self.encoder.media_counts(media_path)
         ids = subtitle_ids[name]
-        prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video)
-        record = _Record(name, words, torch.tensor(ids, dtype=torch.int32), num_audio, num_video, media_path)
+        prompt_len = self.encoder.prompt_length(len(ids), num_audio, num_video)
+        record = _Record(
+            name, words, torch.tensor(ids, dtype=torch.int32), num_audio, num_video, media_path, audio_in_video=chunks
+        )
         if self.mode == "rl":
             if max_seq_len is not None and prompt_len > max_seq_len:
                 raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
@@ -615,7 +660,8 @@ class MERUniBenchDataset(Dataset):
             official release's readers in ``merr1.components.data.mer_unibench_release``).
         mode: "slow" (think then answer) or "fast" (prefilled empty reasoning).
         response_format, system_prompt, instruction, modalities, max_seq_len, strict,
-        spatial_merge_size, num_mel_bins: as in ``MERCaptionPlusDataset``.
+        spatial_merge_size, num_mel_bins, use_audio_in_video, position_id_per_seconds,
+        seconds_per_chunk: as in ``MERCaptionPlusDataset``.
         media_dir: media cache folder (default: ``{data_dir}/media_cache`` / the EvalSet's).
         name: data set name for reports (default: the folder name / the EvalSet's).
 
@@ -641,6 +687,9 @@ class MERUniBenchDataset(Dataset):
         spatial_merge_size: int = 2,
         num_mel_bins: int | None = None,
         name: str | None = None,
+        use_audio_in_video: bool = True,
+        position_id_per_seconds: int = 25,
+        seconds_per_chunk: float = 2.0,
     ):
         if mode not in ("slow", "fast"):
             raise ValueError(f"mode must be 'slow' or 'fast', got {mode!r}")
@@ -656,8 +705,9 @@ class MERUniBenchDataset(Dataset):
         self.task = eval_set.task
         self.benchmark = eval_set.benchmark
         self.encoder = _SampleEncoder(
-            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins
-        )
+            tokenizer, response_format, system_prompt, instruction, modalities, spatial_merge_size, num_mel_bins,
+            use_audio_in_video, position_id_per_seconds, seconds_per_chunk,
+        )  # fmt: skip
         self.response_prefix = self.encoder.format.fast_prefix if mode == "fast" else ""
         subtitle_ids = self.encoder.tokenize_subtitles(
             {r.name: r.subtitle for r in eval_set.rows if r.subtitle is not None and r.problem is None},
@@ -685,19 +735,19 @@ class MERUniBenchDataset(Dataset):
             raise BadRowError("empty name")
         if row.name not in subtitle_ids:
             raise BadRowError("missing subtitle")
-        num_audio, num_video, media_path = 0, 0, None
+        num_audio, num_video, chunks, media_path = 0, 0, None, None
         if self.encoder.modalities:
             try:
                 media_path = data_media.cache_path(media_dir, row.name)
             except ValueError as e:
                 raise BadRowError("unusable name", str(e)) from None
-            num_audio, num_video = self.encoder.media_counts(media_path)
+            num_audio, num_video, chunks = self.encoder.media_counts(media_path)
         ids = subtitle_ids[row.name]
-        prompt_len = self.encoder.prompts.prompt_length(len(ids), num_audio, num_video, self.mode == "fast")
+        prompt_len = self.encoder.prompt_length(len(ids), num_audio, num_video, self.mode == "fast")
         if max_seq_len is not None and prompt_len > max_seq_len:
             raise BadRowError("too long", f"prompt has {prompt_len} tokens > max_seq_len={max_seq_len}")
         return _Record(row.name, list(row.words), torch.tensor(ids, dtype=torch.int32), num_audio, num_video,
-                       media_path, label=row.label)  # fmt: skip
+                       media_path, label=row.label, audio_in_video=chunks)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.records)

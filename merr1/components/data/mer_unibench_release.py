@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.data.datasets import (
     MEDIA_DIR,
     BadRowError,
@@ -481,6 +482,7 @@ def official_eval_set(
     )
 
 
+@forwards_kwargs_to(MERUniBenchDataset)
 def mer_unibench_official(
     tokenizer,
     dataset: str,

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from merr1.components.data.collate import USE_AUDIO_IN_VIDEO
 from merr1.components.data import media as data_media
 from merr1.components.data.datasets import BadRow, BadRowError, _report_bad_rows, _SampleEncoder
 from merr1.components.data.frames import cache_name, frames_entry, write_frames
@@ -184,7 +185,9 @@ class MMEEmotionDataset(Dataset):
         frames_dir: judge frames (default ``{data_dir}/frames_cache``); not read here.
         max_seq_len: prompts longer than this are bad rows ("too long"); None = no limit.
         strict: raise on the first bad row instead of skipping it.
-        spatial_merge_size, num_mel_bins: as ``merr1.components.data.MERUniBenchDataset``.
+        spatial_merge_size, num_mel_bins, use_audio_in_video, position_id_per_seconds,
+        seconds_per_chunk: as ``merr1.components.data.MERUniBenchDataset`` (audio in video: on for
+            clips with audio and video, the Qwen2.5-Omni default).
 
     Attributes:
         samples: the usable ``MMESample``s in file order; ``names``: their video ids.
@@ -209,13 +212,17 @@ class MMEEmotionDataset(Dataset):
         strict: bool = False,
         spatial_merge_size: int = 2,
         num_mel_bins: int | None = None,
+        use_audio_in_video: bool = True,
+        position_id_per_seconds: int = 25,
+        seconds_per_chunk: float = 2.0,
     ):
         if mode not in ("slow", "fast"):
             raise ValueError(f"mode must be 'slow' or 'fast', got {mode!r}")
         data_dir = Path(data_dir)
         self.task, self.mode = check_task(task), mode
         self.encoder = _SampleEncoder(tokenizer, response_format, system_prompt, instruction, modalities,
-                                      spatial_merge_size, num_mel_bins)  # fmt: skip
+                                      spatial_merge_size, num_mel_bins, use_audio_in_video, position_id_per_seconds,
+                                      seconds_per_chunk)  # fmt: skip
         fmt = self.encoder.format
         self.system_prompt = system_prompt
         self.question_template = question_template
@@ -227,12 +234,12 @@ class MMEEmotionDataset(Dataset):
         loaded = load_task(data_dir, task, strict)
         self.samples: list[MMESample] = []
         self.bad_rows: list[BadRow] = list(loaded.bad_rows)
-        self._media: list[tuple[int, int, Path | None]] = []
+        self._media: list[tuple[int, int, Path | None, tuple | None]] = []
         media_bad: list[BadRow] = []
         for sample in loaded.samples:
             try:
                 counts = self._media_counts(sample)
-                length = len(self.prompt_ids(sample, *counts[:2]))
+                length = len(self.prompt_ids(sample, counts[0], counts[1], counts[3]))
                 if max_seq_len is not None and length > max_seq_len:
                     raise BadRowError("too long", f"prompt has {length} tokens > max_seq_len={max_seq_len}")
             except BadRowError as e:
@@ -244,17 +251,22 @@ class MMEEmotionDataset(Dataset):
         if media_bad:
             _report_bad_rows(f"MME-Emotion {task} media ({self.media_dir})", media_bad, len(self.samples), strict)
 
-    def _media_counts(self, sample: MMESample) -> tuple[int, int, Path | None]:
+    def _media_counts(self, sample: MMESample) -> tuple[int, int, Path | None, tuple | None]:
+        """(audio tokens, video tokens, cache path, audio-in-video chunks or None)."""
         if not self.encoder.modalities:
-            return 0, 0, None
+            return 0, 0, None, None
         path = data_media.cache_path(self.media_dir, cache_name(sample.video_id))
-        num_audio, num_video = self.encoder.media_counts(path)
-        return num_audio, num_video, path
+        num_audio, num_video, chunks = self.encoder.media_counts(path)
+        return num_audio, num_video, path, chunks
 
-    def prompt_ids(self, sample: MMESample, num_audio: int = 0, num_video: int = 0) -> list[int]:
-        """Token ids of the chat prompt (media placeholders expanded; fast mode: with the prefill)."""
+    def prompt_ids(
+        self, sample: MMESample, num_audio: int = 0, num_video: int = 0, audio_in_video: tuple | None = None
+    ) -> list[int]:
+        """Token ids of the chat prompt (media placeholders expanded, interleaved with audio in
+        video; fast mode: with the prefill)."""
         text = question_text(self.task, sample.label_set, self.question_template, self.instruction)
-        prompt = build_chat_prompt(text, num_audio=num_audio, num_video=num_video, system_prompt=self.system_prompt)
+        prompt = build_chat_prompt(text, num_audio=num_audio, num_video=num_video, system_prompt=self.system_prompt,
+                                   audio_in_video=audio_in_video)  # fmt: skip
         return encode_text(self.encoder.tokenizer, prompt) + self._prefix_ids
 
     def __len__(self) -> int:
@@ -266,14 +278,16 @@ class MMEEmotionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        num_audio, num_video, path = self._media[index]
+        num_audio, num_video, path, chunks = self._media[index]
         media = {}
         if path is not None:
             loaded = data_media.load_media(path)
             media = {k: loaded[k] for k in self.encoder.media_keys}
+            if chunks is not None:
+                media[USE_AUDIO_IN_VIDEO] = torch.tensor(True)
         return {
             "name": sample.video_id,
-            "prompt_ids": torch.tensor(self.prompt_ids(sample, num_audio, num_video), dtype=torch.long),
+            "prompt_ids": torch.tensor(self.prompt_ids(sample, num_audio, num_video, chunks), dtype=torch.long),
             "label": sample.label,
             "response_prefix": self.response_prefix,
             "media": media,

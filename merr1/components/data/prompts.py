@@ -7,10 +7,20 @@ A prompt is one Qwen2.5-Omni chat exchange up to the assistant turn::
     Subtitle: "{subtitle}"\\n{instruction}<|im_end|>\\n
     <|im_start|>assistant\\n
 
-Audio comes before video, each in its own bos/eos pair (no audio-in-video interleave), and each
-placeholder is repeated once per feature the Thinker's encoder produces for that sample (computed
-from the cached media shapes, see ``num_audio_tokens`` / ``num_video_tokens``). Text-only models
-use the same template without the media block.
+Each placeholder is repeated once per feature the Thinker's encoder produces for that sample
+(computed from the cached media shapes, see ``num_audio_tokens`` / ``num_video_tokens``). Two media
+layouts, both the real Qwen2.5-Omni processor's:
+
+- separate (``use_audio_in_video`` off): audio first, then video, each in its own bos/eos pair
+  (above);
+- audio in video (``use_audio_in_video`` on, the default for clips with their own sound): the
+  clip's audio is interleaved with its video in 2-second chunks inside one block,
+  ``<|vision_bos|><|audio_bos|>`` {video tokens of chunk 0}{audio tokens of chunk 0}{video of
+  chunk 1}{audio of chunk 1}... ``<|audio_eos|><|vision_eos|>`` (``audio_in_video_chunks``; the
+  processor's ``replace_video_with_audio_token``), and the Thinker gives audio and video tokens the
+  same time axis (TMRoPE: 25 positions per second) when called with ``use_audio_in_video=True``.
+
+Text-only models use the same template without the media block.
 
 Modes (METHOD section 1):
 - slow: the prompt above; the model thinks, then answers.
@@ -197,8 +207,81 @@ def num_video_tokens(grid_thw: Sequence[int], spatial_merge_size: int = 2) -> in
     return t * h * w // spatial_merge_size**2
 
 
-def media_placeholder(num_audio: int = 0, num_video: int = 0) -> str:
-    """The media block of the user turn: audio first, then video; empty for text-only prompts."""
+def chunk_lengths(runs: Sequence[tuple[int, int]], tokens_per_chunk: int) -> list[int]:
+    """Chunk sizes of a token sequence cut by the Qwen2.5-Omni rule (``get_chunked_index``).
+
+    Walking the tokens, every token whose time value reaches ``current * tokens_per_chunk`` closes
+    the open chunk, opens a new one with itself and advances ``current`` by ONE (so a jump over
+    several chunk boundaries closes one-token chunks); the open chunk is closed at the end.
+
+    Args:
+        runs: the sequence as (time value, number of consecutive tokens with it), non-decreasing.
+        tokens_per_chunk: time values per chunk (position_id_per_seconds * seconds_per_chunk).
+    """
+    lengths, current, size = [], 1, 0
+    for value, count in runs:
+        triggers = min(count, max(0, value // tokens_per_chunk + 1 - current))
+        for _ in range(triggers):
+            lengths.append(size)
+            size, current = 1, current + 1
+        size += count - triggers
+    return lengths + [size]
+
+
+def audio_in_video_chunks(
+    num_audio: int,
+    grid_thw: Sequence[int],
+    second_per_grid: float,
+    *,
+    spatial_merge_size: int = 2,
+    position_id_per_seconds: int = 25,
+    seconds_per_chunk: float = 2.0,
+) -> list[tuple[int, int]]:
+    """(video tokens, audio tokens) of each chunk of a clip whose own audio is interleaved with its
+    video (Qwen2.5-Omni ``use_audio_in_video``).
+
+    Time values: a video token of temporal patch i has ``int(i * second_per_grid * 25)`` (float32, as
+    the Thinker's ``get_rope_index``), audio token k has k (one audio token = 40 ms); chunk j
+    holds the values in [50 j, 50 (j + 1)) (``chunk_lengths``). The video chunks come first in each
+    pair; a chunk past the end of one modality contributes 0 tokens of it.
+
+    Args:
+        num_audio: audio tokens of the clip's sound (``num_audio_tokens``).
+        grid_thw: the clip's video patch grid (t, h, w).
+        second_per_grid: its ``video_second_per_grid``.
+        spatial_merge_size, position_id_per_seconds, seconds_per_chunk: the Thinker config's.
+    """
+    import torch
+
+    t, h, w = (int(x) for x in grid_thw)
+    per_frame = (h // spatial_merge_size) * (w // spatial_merge_size)
+    if num_audio < 1 or t < 1 or per_frame < 1:
+        raise ValueError(f"audio in video needs audio and video tokens, got {num_audio} and grid {tuple(grid_thw)}")
+    times = (torch.arange(t) * torch.tensor(float(second_per_grid)) * position_id_per_seconds).long().tolist()
+    per_chunk = int(position_id_per_seconds * seconds_per_chunk)
+    video = chunk_lengths([(v, per_frame) for v in times], per_chunk)
+    audio = [per_chunk] * (num_audio // per_chunk) + ([num_audio % per_chunk] if num_audio % per_chunk else [])
+    return [
+        (video[j] if j < len(video) else 0, audio[j] if j < len(audio) else 0) for j in range(max(len(video), len(audio)))
+    ]
+
+
+def media_placeholder(
+    num_audio: int = 0, num_video: int = 0, audio_in_video: Sequence[tuple[int, int]] | None = None
+) -> str:
+    """The media block of the user turn; empty for text-only prompts.
+
+    Args:
+        num_audio: audio placeholders (0: no audio).
+        num_video: video placeholders (0: no video).
+        audio_in_video: the ``audio_in_video_chunks`` of the clip: one interleaved block (their
+            sums must be ``num_video`` and ``num_audio``); None: audio block, then video block.
+    """
+    if audio_in_video is not None:
+        if sum(v for v, _ in audio_in_video) != num_video or sum(a for _, a in audio_in_video) != num_audio:
+            raise ValueError(f"audio-in-video chunks {list(audio_in_video)} do not sum to {num_video} video and {num_audio} audio tokens")
+        body = "".join(VIDEO_TOKEN * v + AUDIO_TOKEN * a for v, a in audio_in_video)
+        return VISION_BOS + AUDIO_BOS + body + AUDIO_EOS + VISION_EOS
     text = ""
     if num_audio:
         text += AUDIO_BOS + AUDIO_TOKEN * num_audio + AUDIO_EOS
@@ -221,6 +304,7 @@ def prompt_pieces(
     system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
     instruction: str | None = None,
     fast: bool = False,
+    audio_in_video: Sequence[tuple[int, int]] | None = None,
 ) -> list[str]:
     """The prompt as pieces: [fixed text before the subtitle, subtitle, fixed text after it,
     then the fast-mode prefill pieces when ``fast``]. Arguments as ``build_prompt``."""
@@ -228,7 +312,7 @@ def prompt_pieces(
     system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt is not None else ""
     task = fmt.instruction if instruction is None else instruction
     head, tail = user_text("\x00", task).split("\x00")
-    header = f"{system}{IM_START}user\n{media_placeholder(num_audio, num_video)}{head}"
+    header = f"{system}{IM_START}user\n{media_placeholder(num_audio, num_video, audio_in_video)}{head}"
     footer = f"{tail}{IM_END}\n{IM_START}assistant\n"
     return [header, subtitle.strip(), footer] + (fmt.fast_prefix_pieces() if fast else [])
 
@@ -242,6 +326,7 @@ def build_prompt(
     system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
     instruction: str | None = None,
     fast: bool = False,
+    audio_in_video: Sequence[tuple[int, int]] | None = None,
 ) -> str:
     """The whole prompt string up to (and including) the assistant header.
 
@@ -253,6 +338,7 @@ def build_prompt(
         system_prompt: system turn text; None leaves the system turn out.
         instruction: replaces the format's instruction text (e.g. a short one for tiny models).
         fast: append the format's fast-mode prefill after the assistant header.
+        audio_in_video: interleave the audio with the video (``audio_in_video_chunks``).
     """
     return "".join(
         prompt_pieces(
@@ -263,18 +349,25 @@ def build_prompt(
             system_prompt=system_prompt,
             instruction=instruction,
             fast=fast,
+            audio_in_video=audio_in_video,
         )
     )
 
 
 def build_chat_prompt(
-    text: str, *, num_audio: int = 0, num_video: int = 0, system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT
+    text: str,
+    *,
+    num_audio: int = 0,
+    num_video: int = 0,
+    system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
+    audio_in_video: Sequence[tuple[int, int]] | None = None,
 ) -> str:
     """A plain chat turn up to the assistant header: system turn, then a user turn of the media
     block and ``text`` (no subtitle wrapper, no response-format instruction). Used for second
     passes of the policy such as EMO-R3's re-check questions."""
     system = f"{IM_START}system\n{system_prompt}{IM_END}\n" if system_prompt is not None else ""
-    return f"{system}{IM_START}user\n{media_placeholder(num_audio, num_video)}{text}{IM_END}\n{IM_START}assistant\n"
+    media = media_placeholder(num_audio, num_video, audio_in_video)
+    return f"{system}{IM_START}user\n{media}{text}{IM_END}\n{IM_START}assistant\n"
 
 
 def recheck_prompt_ids(tokenizer, query: str, prompt_ids: Sequence[int], *, use_media: bool) -> list[int]:
@@ -361,10 +454,12 @@ class PromptEncoder:
         self.instruction = instruction
         self.audio_id = _token_id(tokenizer, AUDIO_TOKEN)
         self.video_id = _token_id(tokenizer, VIDEO_TOKEN)
-        self._fixed: dict[tuple[bool, bool, bool], tuple[list[int], list[int]]] = {}
+        self._fixed: dict[tuple[bool, bool, bool, bool], tuple[list[int], list[int]]] = {}
 
-    def _fixed_ids(self, has_audio: bool, has_video: bool, fast: bool) -> tuple[list[int], list[int]]:
-        key = (has_audio, has_video, fast)
+    def _fixed_ids(
+        self, has_audio: bool, has_video: bool, fast: bool, interleaved: bool = False
+    ) -> tuple[list[int], list[int]]:
+        key = (has_audio, has_video, fast, interleaved)
         if key not in self._fixed:
             pieces = prompt_pieces(
                 "",
@@ -374,6 +469,7 @@ class PromptEncoder:
                 system_prompt=self.system_prompt,
                 instruction=self.instruction,
                 fast=fast,
+                audio_in_video=[(1, 1)] if interleaved else None,
             )
             self._fixed[key] = (encode_text(self.tokenizer, pieces[0]), encode_pieces(self.tokenizer, pieces[2:]))
         return self._fixed[key]
@@ -391,13 +487,25 @@ class PromptEncoder:
         return [i if t else [] for i, t in zip(ids, texts)]
 
     def assemble(
-        self, subtitle_ids: Sequence[int], num_audio: int = 0, num_video: int = 0, fast: bool = False
+        self,
+        subtitle_ids: Sequence[int],
+        num_audio: int = 0,
+        num_video: int = 0,
+        fast: bool = False,
+        audio_in_video: Sequence[tuple[int, int]] | None = None,
     ) -> list[int]:
-        """Prompt ids from already tokenized subtitle ids (placeholders expanded)."""
-        header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast)
+        """Prompt ids from already tokenized subtitle ids (placeholders expanded; with
+        ``audio_in_video`` chunks, one interleaved audio-video block)."""
+        if audio_in_video is not None:
+            media_placeholder(num_audio, num_video, audio_in_video)  # checks the chunk sums
+        header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast, audio_in_video is not None)
         expanded: list[int] = []
         for i in header:
-            if i == self.audio_id:
+            if audio_in_video is not None and i in (self.audio_id, self.video_id):
+                if i == self.video_id:  # the one-token template block is <VIDEO><AUDIO>
+                    for v, a in audio_in_video:
+                        expanded += [self.video_id] * v + [self.audio_id] * a
+            elif i == self.audio_id:
                 expanded += [i] * num_audio
             elif i == self.video_id:
                 expanded += [i] * num_video
@@ -406,15 +514,27 @@ class PromptEncoder:
         return expanded + list(subtitle_ids) + footer
 
     def prompt_length(
-        self, num_subtitle_tokens: int, num_audio: int = 0, num_video: int = 0, fast: bool = False
+        self,
+        num_subtitle_tokens: int,
+        num_audio: int = 0,
+        num_video: int = 0,
+        fast: bool = False,
+        audio_in_video: bool = False,
     ) -> int:
-        """Length of ``assemble(...)`` without building it."""
-        header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast)
+        """Length of ``assemble(...)`` without building it (``audio_in_video``: whether interleaved)."""
+        header, footer = self._fixed_ids(num_audio > 0, num_video > 0, fast, audio_in_video)
         return len(header) + len(footer) + num_subtitle_tokens + max(num_audio - 1, 0) + max(num_video - 1, 0)
 
-    def encode(self, subtitle: str, num_audio: int = 0, num_video: int = 0, fast: bool = False) -> list[int]:
+    def encode(
+        self,
+        subtitle: str,
+        num_audio: int = 0,
+        num_video: int = 0,
+        fast: bool = False,
+        audio_in_video: Sequence[tuple[int, int]] | None = None,
+    ) -> list[int]:
         """Prompt ids with ``num_audio`` / ``num_video`` placeholders (fast: with the prefill)."""
-        return self.assemble(self.encode_subtitle(subtitle), num_audio, num_video, fast)
+        return self.assemble(self.encode_subtitle(subtitle), num_audio, num_video, fast, audio_in_video)
 
     def fast_prefix_ids(self) -> list[int]:
         """Token ids of the fast-mode prefill (``encode_fast_prefix``)."""
@@ -431,10 +551,11 @@ def encode_prompt(
     system_prompt: str | None = QWEN_OMNI_SYSTEM_PROMPT,
     instruction: str | None = None,
     fast: bool = False,
+    audio_in_video: Sequence[tuple[int, int]] | None = None,
 ) -> list[int]:
     """Token ids of ``build_prompt(...)`` (one-off use; see ``PromptEncoder``)."""
     encoder = PromptEncoder(tokenizer, response_format, system_prompt, instruction)
-    return encoder.encode(subtitle, num_audio, num_video, fast)
+    return encoder.encode(subtitle, num_audio, num_video, fast, audio_in_video)
 
 
 def encode_fast_prefix(tokenizer, response_format: ResponseFormat | str = "mer_r1") -> list[int]:

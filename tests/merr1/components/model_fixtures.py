@@ -120,3 +120,77 @@ def make_fake_omni_checkpoint(thinker, out_dir: str | Path, tokenizer=None) -> P
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+# ---- the REAL Qwen2.5-Omni-7B layout (tests/fixtures/qwen2_5_omni, see its PROVENANCE.md) ----------
+
+REAL_OMNI_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "qwen2_5_omni"
+
+
+def real_state_dict_shapes() -> dict[str, dict[str, list[int]]]:
+    """Every tensor name -> shape of the real checkpoint: {"thinker_ckpt": ..., "others": ...}."""
+    return json.loads((REAL_OMNI_DIR / "state_dict_keys.json").read_text())
+
+
+def shrunken_real_omni_config() -> dict:
+    """The real full-Omni config.json with every WIDTH shrunk (depths, vocabularies, token ids and
+    therefore every tensor name kept): the Thinker LLM 32 wide with 4 heads (head dim 8, mRoPE
+    sections [1, 1, 2]), vision/audio encoders 32 wide, Talker 32 wide, token2wav 32/64 wide."""
+    config = json.loads((REAL_OMNI_DIR / "config.json").read_text())
+    thinker = config["thinker_config"]
+    thinker["text_config"].update(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+    thinker["text_config"]["rope_scaling"]["mrope_section"] = [1, 1, 2]
+    thinker["vision_config"].update(hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32)
+    thinker["audio_config"].update(d_model=32, encoder_attention_heads=4, encoder_ffn_dim=64, output_dim=32)
+    talker = config["talker_config"]
+    talker.update(hidden_size=32, embedding_size=32, intermediate_size=64, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8)  # fmt: skip
+    talker["rope_scaling"]["mrope_section"] = [1, 1, 2]
+    dit = config["token2wav_config"]["dit_config"]
+    for old in ("dim", "heads", "depth"):  # transformers 4.x names; transformers 5 reads the new ones
+        dit.pop(old, None)
+    dit.update(hidden_size=32, num_attention_heads=4, num_hidden_layers=22, head_dim=8, emb_dim=16, enc_dim=16, enc_emb_dim=16, enc_channels=[16, 16, 16, 16, 48],
+               enc_lin_neurons=16, enc_attention_channels=8, enc_se_channels=8)  # fmt: skip
+    config["token2wav_config"]["bigvgan_config"].update(upsample_initial_channel=64)
+    return config
+
+
+def make_real_layout_omni_checkpoint(out_dir: str | Path, tokenizer=None, seed: int = 0) -> Path:
+    """A full Qwen2.5-Omni checkpoint directory with the REAL tensor names (shrunken shapes): the
+    model transformers builds from ``shrunken_real_omni_config`` with random weights, saved under the
+    on-disk names (``thinker.model.*`` -> ``thinker.*`` ...) in 3 safetensors files + an index, the
+    config.json, the real preprocessor_config.json, a generation_config.json with the real eos ids
+    ([151645, 151643]) and a speaker file."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from merr1.components.hf_checkpoint import model_to_hf_key
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = shrunken_real_omni_config()
+    (out_dir / "config.json").write_text(json.dumps(raw, indent=2))
+    config = Qwen2_5OmniConfig.from_pretrained(str(out_dir))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2_5OmniForConditionalGeneration(config)
+    state_dict = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("thinker."):
+            key = "thinker." + model_to_hf_key(key[len("thinker."):], thinker=True)
+        state_dict[key] = tensor.detach().to(torch.bfloat16).contiguous()
+    names = sorted(state_dict)
+    parts = [names[i::3] for i in range(3)]  # thinker and non-thinker tensors mixed in every file
+    weight_map = {}
+    for i, part in enumerate(parts):
+        file = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({k: state_dict[k] for k in part}, str(out_dir / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    total = sum(t.numel() * t.element_size() for t in state_dict.values())
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (out_dir / "preprocessor_config.json").write_text((REAL_OMNI_DIR / "preprocessor_config.json").read_text())
+    (out_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643], "transformers_version": "4.52.0"}))
+    torch.save({"Chelsie": torch.zeros(2)}, out_dir / "spk_dict.pt")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir

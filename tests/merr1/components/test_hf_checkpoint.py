@@ -8,6 +8,7 @@ from two_ranks import run_two_ranks
 from merr1.components.hf_checkpoint import (
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
+    THINKER_PREFIX,
     checkpoint_weight_files,
     hf_to_model_key,
     load_full_state_dict,
@@ -16,7 +17,13 @@ from merr1.components.hf_checkpoint import (
     read_hf_state_dict,
     save_hf_checkpoint,
 )
-from merr1.components.models import qwen2_5_omni_thinker, qwen2_causal_lm, tiny_qwen2, tiny_thinker
+from merr1.components.models import (
+    qwen2_5_omni_thinker,
+    qwen2_5_omni_thinker_random,
+    qwen2_causal_lm,
+    tiny_qwen2,
+    tiny_thinker,
+)
 from merr1.components.tokenizer import tiny_tokenizer
 
 
@@ -476,3 +483,129 @@ def test_malformed_index_names_the_file(tmp_path):
     (tmp_path / SAFE_WEIGHTS_INDEX_NAME).write_text('{"weight_map": ["a"]}')
     with pytest.raises(ValueError, match="model.safetensors.index.json is not a safetensors index"):
         checkpoint_weight_files(tmp_path)
+
+
+# ---- the REAL Qwen2.5-Omni-7B layout (tests/fixtures/qwen2_5_omni) ---------------------------------
+
+REAL = {
+    "<|im_start|>": 151644, "<|im_end|>": 151645, "<|AUDIO|>": 151646, "<|audio_bos|>": 151647,
+    "<|audio_eos|>": 151648, "<|vision_bos|>": 151652, "<|vision_eos|>": 151653, "<|VIDEO|>": 151656, "user": 872,
+}  # fmt: skip
+
+
+def _real_id_batch() -> dict[str, torch.Tensor]:
+    """A 1-row Thinker batch with the REAL token ids: 40 mel frames (10 audio tokens, 128 bins), a
+    (2, 2, 2) video (2 tokens), a few text tokens; labels on the text."""
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(100, 5000, (6,), generator=g).tolist()
+    ids = (
+        [REAL["<|im_start|>"], REAL["user"], REAL["<|audio_bos|>"]] + [REAL["<|AUDIO|>"]] * 10
+        + [REAL["<|audio_eos|>"], REAL["<|vision_bos|>"]] + [REAL["<|VIDEO|>"]] * 2 + [REAL["<|vision_eos|>"]]
+        + text + [REAL["<|im_end|>"]]
+    )  # fmt: skip
+    input_ids = torch.tensor([ids])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, -len(text) - 1 :] = input_ids[0, -len(text) - 1 :]
+    return dict(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels,
+        input_features=torch.randn(1, 128, 40, generator=g), feature_attention_mask=torch.ones(1, 40, dtype=torch.long),
+        pixel_values_videos=torch.randn(8, 3 * 2 * 14 * 14, generator=g), video_grid_thw=torch.tensor([[2, 2, 2]]),
+        video_second_per_grid=torch.tensor([1.0]), use_cache=False,
+    )  # fmt: skip
+
+
+def _hf_names_and_shapes(model) -> dict[str, list[int]]:
+    return {THINKER_PREFIX + model_to_hf_key(k, True): list(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_meta_built_7b_thinker_has_exactly_the_real_keys_and_shapes():
+    from model_fixtures import REAL_OMNI_DIR, real_state_dict_shapes
+
+    real = real_state_dict_shapes()["thinker_ckpt"]
+    assert len(real) == 1346
+    from_config = qwen2_5_omni_thinker(REAL_OMNI_DIR, device="meta")  # the real config.json, no weights read
+    assert _hf_names_and_shapes(from_config) == real
+    assert _hf_names_and_shapes(qwen2_5_omni_thinker_random("7B", device="meta")) == real
+    assert sum(p.numel() for p in from_config.parameters()) == 8_931_813_888
+
+
+@pytest.fixture(scope="module")
+def real_layout_omni(tmp_path_factory):
+    from model_fixtures import make_real_layout_omni_checkpoint
+
+    return make_real_layout_omni_checkpoint(tmp_path_factory.mktemp("real_omni") / "Qwen2.5-Omni-7B-shrunk")
+
+
+def test_real_layout_full_omni_loads_trains_and_exports_both_ways(real_layout_omni, tmp_path):
+    """Real names (shrunken shapes): load the Thinker, one training step, export Thinker-only and
+    full Omni; both reload with transformers' own classes with 0 missing and 0 unexpected keys."""
+    from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
+
+    from model_fixtures import real_state_dict_shapes
+
+    model = qwen2_5_omni_thinker(real_layout_omni, dtype=torch.float32)
+    assert set(_hf_names_and_shapes(model)) == set(real_state_dict_shapes()["thinker_ckpt"])
+    assert model.lm_head.weight is not model.model.language_model.embed_tokens.weight  # the file has lm_head
+    batch = _real_id_batch()
+    before = _logits(model, batch)
+    _train_step(model, batch, lr=0.1)
+    trained = _logits(model, batch)
+    assert not torch.allclose(before, trained)
+
+    thinker_dir = save_hf_checkpoint(model, tmp_path / "thinker", dtype=torch.float32, copy_files_from=real_layout_omni)
+    reloaded, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+        str(thinker_dir), dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert torch.equal(_logits(reloaded.eval(), batch), trained)
+    generation = json.loads((thinker_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [151645, 151643]
+    assert (thinker_dir / "preprocessor_config.json").is_file()
+
+    omni_dir = save_hf_checkpoint(model, tmp_path / "omni", omni_checkpoint_dir=real_layout_omni)
+    assert set(checkpoint_weight_files(omni_dir)) == set(checkpoint_weight_files(real_layout_omni))
+    # transformers' Qwen2_5OmniForConditionalGeneration.from_pretrained cannot return the loading info
+    # (it calls load_speakers on the returned tuple): the info comes from its base loader, the
+    # weights from the class's own from_pretrained (which also loads spk_dict.pt).
+    from transformers.modeling_utils import PreTrainedModel
+
+    _, info = PreTrainedModel.from_pretrained.__func__(
+        Qwen2_5OmniForConditionalGeneration, str(omni_dir), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    full = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(omni_dir))
+    expected = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    got = full.thinker.state_dict()
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("builder, make", [(qwen2_5_omni_thinker, tiny_thinker), (qwen2_causal_lm, tiny_qwen2)])
+@pytest.mark.parametrize("stored_head, config_says_tied", [(False, False), (True, True)])
+def test_lm_head_tying_comes_from_the_checkpoint(tmp_path, builder, make, stored_head, config_says_tied):
+    """Tied exactly when the checkpoint has no lm_head.weight, even against its config.json."""
+    from safetensors.torch import load_file, save_file
+
+    source = make(seed=3, tie_word_embeddings=False) if make is tiny_qwen2 else make(seed=3)
+    path = save_hf_checkpoint(source, tmp_path / "ckpt", dtype=torch.float32)
+    tensors = load_file(str(path / SAFE_WEIGHTS_NAME))
+    embed_key = "model.embed_tokens.weight"
+    if not stored_head:
+        del tensors["lm_head.weight"]
+    save_file(tensors, str(path / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["tie_word_embeddings"] = config_says_tied
+    (path / "config.json").write_text(json.dumps(config))
+
+    model = builder(path, dtype=torch.float32)
+    head, embed = model.lm_head.weight, model.get_input_embeddings().weight
+    if stored_head:  # the config's "tied" is overruled: the stored head is used as is
+        assert head is not embed and torch.equal(head, tensors["lm_head.weight"])
+        assert not model.config.tie_word_embeddings
+    else:
+        assert head is embed and torch.equal(head, tensors[embed_key]) and model.config.tie_word_embeddings
+    # The export says what it is: transformers reloads it with nothing missing or unexpected.
+    out = save_hf_checkpoint(model, tmp_path / "out", dtype=torch.float32)
+    assert ("lm_head.weight" in checkpoint_weight_files(out)) == stored_head
+    cls = type(model)
+    _, info = cls.from_pretrained(str(out), dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info

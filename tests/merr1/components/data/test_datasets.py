@@ -173,8 +173,10 @@ def test_sft_items_mask_the_prompt(tok, sample_dir):
         assert tok.decode(ids[first:]) == target + "<|im_end|>"
         assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n")
         assert set(item["media"]) == {
-            "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw", "video_second_per_grid"
+            "input_features", "feature_attention_mask", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
+            "use_audio_in_video",
         }  # fmt: skip
+        assert item["media"]["use_audio_in_video"].dtype == torch.bool and bool(item["media"]["use_audio_in_video"])
 
 
 def test_rl_items_and_partition(tok, sample_dir):
@@ -538,25 +540,43 @@ def test_tiny_thinker_runs_on_collated_batches(tok, sample_dir, thinker):
         thinker(**{k: v for k, v in broken.items() if k != "labels"})
 
 
-def test_mrope_positions_match_the_thinker(tok, sample_dir, thinker):
-    sft = mer_caption_plus(tok, _caption(sample_dir), "sft", num_sft_samples=12)
+@pytest.mark.parametrize("use_audio_in_video", [True, False])
+def test_mrope_positions_match_the_thinker(tok, sample_dir, thinker, use_audio_in_video):
+    sft = mer_caption_plus(tok, _caption(sample_dir), "sft", num_sft_samples=12, use_audio_in_video=use_audio_in_video)
     items = [sft[i] for i in range(len(sft))]
-    for item in items[:6]:
+    for item in items:
         media = item["media"]
+        assert ("use_audio_in_video" in media) == use_audio_in_video
         expected, _ = thinker.model.get_rope_index(
             item["input_ids"][None],
             None,
             media["video_grid_thw"],
             torch.ones(1, len(item["input_ids"]), dtype=torch.long),
-            False,
+            use_audio_in_video,
             media["feature_attention_mask"].sum(-1),
             media["video_second_per_grid"],
         )
         got = mrope_position_ids(
             item["input_ids"], media["video_grid_thw"], media["video_second_per_grid"],
-            video_token_id=tok.convert_tokens_to_ids("<|VIDEO|>"),
+            video_token_id=tok.convert_tokens_to_ids("<|VIDEO|>"), audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
+            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_bos|>"),
+            audio_start_token_id=tok.convert_tokens_to_ids("<|audio_bos|>"), use_audio_in_video=use_audio_in_video,
         )  # fmt: skip
         assert torch.equal(got, expected[:, 0])
+
+
+def test_use_audio_in_video_layouts(tok, sample_dir):
+    """On (default): one interleaved block; off: audio block then video block; no effect without audio."""
+    on = mer_caption_plus(tok, _caption(sample_dir), "rl", num_sft_samples=12)[0]["prompt_ids"].tolist()
+    off = mer_caption_plus(tok, _caption(sample_dir), "rl", num_sft_samples=12, use_audio_in_video=False)[0]
+    video_only = mer_caption_plus(tok, _caption(sample_dir), "rl", num_sft_samples=12, modalities=["video"])[0]
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|vision_bos|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_eos|>")}
+    start = on.index(ids["<|vision_bos|>"])
+    assert on[start + 1] == ids["<|audio_bos|>"] and on.index(ids["<|vision_eos|>"]) == on.index(ids["<|audio_eos|>"]) + 1
+    off_ids = off["prompt_ids"].tolist()
+    assert off_ids.index(ids["<|audio_eos|>"]) < off_ids.index(ids["<|vision_bos|>"]) and len(off_ids) == len(on)
+    assert sorted(off_ids) == sorted(on) and "use_audio_in_video" not in off["media"]
+    assert "use_audio_in_video" not in video_only["media"]
 
 
 def test_mrope_positions_two_temporal_patches():

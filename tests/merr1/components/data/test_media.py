@@ -17,8 +17,9 @@ from merr1.components.data.media import (
     prepare_media,
     preprocess_frames,
     read_wav,
+    num_sampled_frames,
     resample,
-    sample_frame_indices,
+    sample_frames,
     save_media,
     smart_resize,
     video_media,
@@ -140,6 +141,31 @@ def test_media_config_from_pretrained(tmp_path):
         MediaConfig.from_pretrained(tmp_path / "nowhere")
 
 
+def test_media_config_from_the_real_checkpoint_keeps_the_video_pixel_range():
+    """The real preprocessor_config.json holds the IMAGE range (3,136 .. 12,845,056): never used for video."""
+    from pathlib import Path
+
+    cfg = MediaConfig.from_pretrained(Path(__file__).parents[3] / "fixtures" / "qwen2_5_omni")
+    assert (cfg.min_pixels, cfg.max_pixels) == (128 * 28 * 28, 768 * 28 * 28)
+    assert (cfg.fps, cfg.min_frames, cfg.max_frames, cfg.n_mels, cfg.sampling_rate) == (2.0, 4, 768, 128, 16000)
+    assert (cfg.patch_size, cfg.temporal_patch_size, cfg.merge_size) == (14, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "video_config, expected",
+    [
+        ({"min_pixels": 1000, "max_pixels": 2000, "fps": 1.0, "max_frames": 64}, (1000, 2000, 1.0, 4, 64)),
+        ({"size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}, "min_frames": 8}, (3136, 1003520, 2.0, 8, 768)),
+        ({"do_resize": True}, (100352, 602112, 2.0, 4, 768)),  # unrelated keys: the video defaults stay
+    ],
+)
+def test_media_config_video_preprocessor_config_overrides(tmp_path, video_config, expected):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"feature_size": 128, "min_pixels": 3136, "max_pixels": 12845056}))
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(video_config))
+    cfg = MediaConfig.from_pretrained(tmp_path)
+    assert (cfg.min_pixels, cfg.max_pixels, cfg.fps, cfg.min_frames, cfg.max_frames) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Video
 
@@ -163,22 +189,65 @@ def test_smart_resize_rejects_extreme_aspect():
 
 
 @pytest.mark.parametrize(
-    "num_frames, fps, expected",
+    "num_frames, fps, indices, sampled_fps",
     [
-        (95, 25.0, [0, 15, 31, 47, 63, 79]),  # 3.8 s at 2 fps = 7.6 -> 6 frames (multiple of 2)
-        (3, 30.0, [0, 1]),  # min_frames 4 capped by the video's own length (rounded to 2)
-        (1, 30.0, [0, 0]),  # a single frame is repeated to fill one temporal patch
-        (40, 10.0, [0, 5, 10, 15, 20, 25, 30, 35]),  # 4 s at 2 fps = 8
+        # 3.8 s at 2 fps = 7.6 -> 6 frames (rounded down to a multiple of 2); round(linspace(0, 94, 6))
+        (95, 25.0, [0, 19, 38, 56, 75, 94], 6 / 95 * 25),
+        (45, 30.0, [0, 15, 29, 44], 4 / 45 * 30),  # 1.5 s: 3 frames -> the minimum 4
+        (3, 30.0, [0, 2], 20.0),  # min_frames 4 capped by the clip's own length (3, rounded down to 2)
+        (40, 10.0, [0, 6, 11, 17, 22, 28, 33, 39], 2.0),  # 4 s at 2 fps = 8
+        (183, 25.0, [round(i * 182 / 13) for i in range(14)], 14 / 183 * 25),  # 7.32 s: 14.64 -> 14
+        (900, 30.0, [round(i * 899 / 59) for i in range(60)], 2.0),  # 30 s -> 60 frames
     ],
 )
-def test_sample_frame_indices(num_frames, fps, expected):
-    assert sample_frame_indices(num_frames, fps, MediaConfig()) == expected
+def test_sample_frames(num_frames, fps, indices, sampled_fps):
+    got, got_fps = sample_frames(num_frames, fps, MediaConfig())
+    assert got == indices
+    assert got_fps == pytest.approx(sampled_fps, rel=1e-12)
 
 
-def test_sample_frame_indices_caps_at_max_frames():
-    assert len(sample_frame_indices(10000, 25.0, MediaConfig())) == 768
+def test_a_7_3_s_clip_has_second_per_grid_from_the_sampled_rate():
+    media = video_media(FakeFrames(num_frames=183, fps=25.0, value=90), MediaConfig(cache_dtype="float32"))
+    assert media["video_grid_thw"].tolist() == [[7, 20, 28]]  # 14 frames; 50x70 upscaled to 280x392 (min_pixels)
+    assert media["video_second_per_grid"].item() == pytest.approx(2 / (14 / 183 * 25), rel=1e-6)  # 1.0457
 
 
+@pytest.mark.parametrize("num_frames, fps", [(1, 30.0), (0, 25.0)])
+def test_sample_frames_refuses_clips_without_one_temporal_patch(num_frames, fps):
+    with pytest.raises(ValueError, match="at least 2 are needed"):
+        num_sampled_frames(num_frames, fps, MediaConfig())
+
+
+def test_sample_frames_caps_at_max_frames():
+    assert num_sampled_frames(10000, 25.0, MediaConfig()) == 768
+
+
+@pytest.mark.parametrize(
+    "height, width, num_frames, expected",
+    [
+        (720, 1280, 20, (560, 1008)),  # 10 s 720p: the video max 768*28*28, not the image 12,845,056
+        (1080, 1920, 4, (560, 1008)),
+        (240, 426, 60, (252, 420)),
+        (80, 100, 4, (308, 364)),  # upscaled to the video min 128*28*28
+    ],
+)
+def test_video_frame_size(height, width, num_frames, expected):
+    frames = torch.zeros(num_frames, height, width, 3, dtype=torch.uint8)
+    assert tuple(preprocess_frames(frames, MediaConfig()).shape[-2:]) == expected
+
+
+@pytest.mark.parametrize(
+    "num_frames, max_pixels",
+    [(4, 602112), (300, 602112), (768, 90316800 / 768 * 2)],  # 128k tokens * 784 * 0.9 shared by 768 frames
+)
+def test_video_max_pixels_shares_the_total_budget(num_frames, max_pixels):
+    assert data_media.video_max_pixels(num_frames, MediaConfig()) == pytest.approx(max_pixels, rel=1e-12)
+    assert data_media.video_max_pixels(num_frames, MediaConfig(max_video_tokens=None)) == 602112
+
+
+def test_a_long_720p_clip_gets_smaller_frames():
+    # 768 frames: 235,200 pixels per frame at most -> 336x644 instead of 560x1008
+    assert smart_resize(720, 1280, 28, 128 * 28 * 28, data_media.video_max_pixels(768, MediaConfig())) == (336, 644)
 def test_patchify_layout_matches_a_loop_reference():
     frames = torch.randn(4, 3, 56, 84)  # T=4 -> t=2; h=4, w=6 patches
     patches, grid = patchify_video(frames)
@@ -207,16 +276,18 @@ def test_preprocess_frames_normalizes():
     out = preprocess_frames(torch.full((2, 28, 28, 3), 128, dtype=torch.uint8), cfg)
     expected = [(128 / 255 - m) / s for m, s in zip(cfg.image_mean, cfg.image_std)]
     assert out.shape == (2, 3, 28, 28)
-    assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected), atol=1e-6)  # values ~0.3: 1e-6 is float32 rounding
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_frames(torch.zeros(2, 28, 28, 3), cfg)
 
 
 def test_video_media_tiny_and_default():
     source = FakeFrames(num_frames=30, fps=10.0)
     tiny = video_media(source, MediaConfig.tiny())
-    assert source.requested == [0, 15]
+    assert source.requested == [0, 29]
     assert tiny["pixel_values_videos"].shape == (4, 1176)
     assert tiny["video_grid_thw"].tolist() == [[1, 2, 2]]
-    assert tiny["video_second_per_grid"].tolist() == [1.0]
+    assert tiny["video_second_per_grid"].tolist() == [3.0]  # 2 frames of a 3 s clip: sampled at 2/3 fps
     full = video_media(FakeFrames(num_frames=30, fps=10.0), MediaConfig())
     t, h, w = full["video_grid_thw"][0].tolist()
     assert t == 3 and h * 14 * w * 14 >= 128 * 28 * 28  # 3 s at 2 fps -> 6 frames; upscaled to min_pixels
@@ -353,3 +424,96 @@ def test_prepared_media_feed_the_tiny_thinker(tmp_path):
     assert torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="16 mel bins, the model expects 128"):
         mer_unibench(tok, data_dir, num_mel_bins=128)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio from the clip, recorded cache settings
+
+
+def _write_av_clip(path, seconds=1.0, rate=22050, channels=2, fps=10, codec="pcm_s16le"):
+    """A clip with a video stream and a stereo sine audio track (left 440 Hz, right silent), PyAV."""
+    import av
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    left = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    samples = np.stack([left, np.zeros_like(left)]) if channels == 2 else left[None]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream(codec, rate=rate)
+        audio.layout = "stereo" if channels == 2 else "mono"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        step = 1024
+        for start in range(0, samples.shape[1], step):
+            chunk = np.ascontiguousarray(samples[:, start : start + step].T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout=audio.layout.name)
+            frame.sample_rate, frame.pts = rate, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+    return left.astype(np.float32) / 32768.0
+
+
+def test_read_audio_track_is_the_channel_mean(tmp_path):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    left = _write_av_clip(tmp_path / "clip.mkv")  # lossless PCM: the samples come back exactly
+    waveform, rate = data_media.read_audio_track(tmp_path / "clip.mkv")
+    assert rate == 22050 and waveform.shape == (len(left),)
+    assert torch.allclose(waveform, torch.from_numpy(left) / 2, atol=1e-6)  # (left + silent right) / 2
+
+
+def test_read_audio_track_refuses_a_silent_video(tmp_path):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    _write_mp4(tmp_path / "silent.mp4", [(0, 0, 0)] * 4)
+    with pytest.raises(ValueError, match="no audio track"):
+        data_media.read_audio_track(tmp_path / "silent.mp4")
+
+
+@pytest.mark.parametrize(
+    "audio_source, wav_names, expected",
+    [
+        ("auto", {"a"}, {"a": "wav", "b": "clip"}),  # audio/ lacks b: its clip's own track
+        ("video", {"a", "b"}, {"a": "clip", "b": "clip"}),
+        ("wav", {"a"}, {"a": "wav", "b": None}),  # b fails: missing audio file
+    ],
+)
+def test_prepare_media_takes_the_audio_from_the_clip(tmp_path, audio_source, wav_names, expected):
+    pytest.importorskip("av", reason="the media extra (PyAV) is installed by .ci/run; pip install 'merr1[media]'")
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "video").mkdir()
+    for name in ("a", "b"):
+        _write_av_clip(tmp_path / "video" / f"{name}.mkv", seconds=1.0)
+    for name in wav_names:  # a .wav of a different length (0.5 s) tells the sources apart
+        write_wav(tmp_path / "audio" / f"{name}.wav", _sine(0.5), 16000)
+    report = prepare_media(
+        tmp_path / "cache", audio_dir=tmp_path / "audio", video_dir=tmp_path / "video", config=MediaConfig.tiny(),
+        names=["a", "b"], modalities=("audio",), audio_source=audio_source, progress=False,
+    )  # fmt: skip
+    frames = {"wav": 50, "clip": 100}  # 0.5 s / 1 s of 10 ms mel frames
+    for name, source in expected.items():
+        if source is None:
+            assert [n for n, _ in report.failed] == [name]
+            continue
+        assert load_media(cache_path(tmp_path / "cache", name))["input_features"].shape[-1] == frames[source], name
+    settings = json.loads((tmp_path / "cache" / data_media.SETTINGS_FILE).read_text())
+    assert settings["audio"]["source"] == audio_source and settings["modalities"] == ["audio"]
+
+
+def test_cache_settings_refuse_other_settings_and_unknown_caches(tmp_path):
+    cfg = MediaConfig.tiny()
+    settings = data_media.cache_settings(cfg, ("audio", "video"), "auto", AudioFeaturizer(cfg))
+    data_media.check_cache_settings(tmp_path / "c", settings)
+    data_media.check_cache_settings(tmp_path / "c", settings)  # same: fine
+    other = data_media.cache_settings(MediaConfig(), ("audio", "video"), "auto", AudioFeaturizer(cfg))
+    with pytest.raises(ValueError, match=r"video.max_pixels: cache 784, now 602112.*rm -r"):
+        data_media.check_cache_settings(tmp_path / "c", other)
+    (tmp_path / "legacy").mkdir()
+    save_media(tmp_path / "legacy" / "x.safetensors", {"video_second_per_grid": torch.ones(1)})
+    with pytest.raises(ValueError, match="no media_settings.json"):
+        data_media.check_cache_settings(tmp_path / "legacy", settings)
