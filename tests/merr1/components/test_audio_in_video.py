@@ -27,7 +27,8 @@ from merr1.components.data.prompts import (
     num_audio_tokens,
     recheck_prompt_ids,
 )
-from merr1.components.generation import SamplingConfig, generate, media_token_ids, repeat_media, teacher_forced_logits
+from merr1.components.data.collate import repeat_media
+from merr1.components.generation import SamplingConfig, generate, media_token_ids, teacher_forced_logits
 from merr1.components.models import tiny_thinker
 from merr1.components.tokenizer import TINY_SPECIAL_TOKENS as S
 from merr1.components.tokenizer import tiny_tokenizer
@@ -201,7 +202,7 @@ def _prompts(tok, kind):
     items = samples(tok, CLIPS[:3], fast=kind == "fast")
     if kind == "recheck":  # the EMO-R3 re-check turn copies the rollout prompt's media block verbatim
         for item, query in zip(items, ["Is the person happy? Answer yes or no.", "Really?", "Sad?"]):
-            item["prompt_ids"] = torch.tensor(recheck_prompt_ids(tok, query, item["prompt_ids"].tolist(), system_prompt=None))
+            item["prompt_ids"] = torch.tensor(recheck_prompt_ids(tok, query, item["prompt_ids"].tolist(), use_media=True))
     return PromptCollator(tok)(items)
 
 
@@ -311,6 +312,6 @@ def test_prompt_collator_refuses_a_plain_layout_with_audio_in_video_media(tok):
     plain = build_chat_prompt("Sad?", num_audio=num_audio, num_video=num_video, system_prompt=None)
     with pytest.raises(ValueError, match="recheck_prompt_ids"):
         PromptCollator(tok)([{"name": "q", "prompt_ids": torch.tensor(encode_text(tok, plain)), "media": item["media"]}])
-    copied = recheck_prompt_ids(tok, "Sad?", item["prompt_ids"].tolist(), system_prompt=None)
+    copied = recheck_prompt_ids(tok, "Sad?", item["prompt_ids"].tolist(), use_media=True)
     batch = PromptCollator(tok)([{"name": "q", "prompt_ids": torch.tensor(copied), "media": item["media"]}])
     assert bool(batch["media"]["use_audio_in_video"])

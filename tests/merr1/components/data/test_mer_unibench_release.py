@@ -511,9 +511,9 @@ def test_prepare_media_decodes_only_the_track2_names(tmp_path):
     args = ["--data_dir", str(folder), "--tiny", "--modalities", "audio", "--out"]
     assert script.main([*args, str(tmp_path / "track2")]) == 0
     track2 = sorted(name for name, _ in MINIATURE_CAPTION["track2"])
-    assert sorted(p.stem for p in (tmp_path / "track2").iterdir()) == track2
+    assert sorted(p.stem for p in (tmp_path / "track2").glob("*.safetensors")) == track2
     assert script.main([*args, str(tmp_path / "all"), "--all_files"]) == 0
-    assert sorted(p.stem for p in (tmp_path / "all").iterdir()) == sorted(track2 + MINIATURE_CAPTION["extra_clips"])
+    assert sorted(p.stem for p in (tmp_path / "all").glob("*.safetensors")) == sorted(track2 + MINIATURE_CAPTION["extra_clips"])
 
 
 def test_only_the_test_split_is_needed(copy):

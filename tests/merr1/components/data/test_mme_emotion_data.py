@@ -124,16 +124,22 @@ def test_sample_set_layout_and_determinism(sample_dir, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["slow", "fast"])
-def test_stage_a_prompt_and_media(sample_dir, mode):
+@pytest.mark.parametrize("audio_in_video", [True, False])
+def test_stage_a_prompt_and_media(sample_dir, mode, audio_in_video):
     tok = tiny_tokenizer()
     ds = MMEEmotionDataset(tok, sample_dir, "FG-ER", mode, system_prompt=None, instruction="Answer now.",
-                           num_mel_bins=16)  # fmt: skip
+                           num_mel_bins=16, use_audio_in_video=audio_in_video)  # fmt: skip
     sample = ds.samples[0]
     item = ds[0]
     text = tok.decode(item["prompt_ids"])
     question = load_questions()["FG-ER"]
     expected_text = f"{question}\nCandidate labels: {', '.join(sample.label_set)}.\nAnswer now."
-    assert text.startswith("<|im_start|>user\n<|audio_bos|>") and "<|vision_bos|><|VIDEO|><|vision_eos|>" in text
+    if audio_in_video:  # one interleaved block, as the Qwen2.5-Omni processor builds it (the default)
+        assert text.startswith("<|im_start|>user\n<|vision_bos|><|audio_bos|><|VIDEO|>")
+        assert "<|audio_eos|><|vision_eos|>" in text and bool(item["media"]["use_audio_in_video"])
+    else:
+        assert text.startswith("<|im_start|>user\n<|audio_bos|>") and "<|vision_bos|><|VIDEO|><|vision_eos|>" in text
+        assert "use_audio_in_video" not in item["media"]
     assert text.split("<|vision_eos|>")[1].startswith(expected_text + "<|im_end|>\n<|im_start|>assistant\n")
     assert text.endswith("<think></think><answer>" if mode == "fast" else "assistant\n")
     assert item["response_prefix"] == ("<think></think><answer>" if mode == "fast" else "")
