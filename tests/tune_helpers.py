@@ -10,14 +10,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TUNE = str(Path(sys.executable).parent / "tune")
 
 
-def tune(args, *, check=True, timeout=900) -> subprocess.CompletedProcess:
-    """``tune <args>`` with one OpenMP thread per process (2 ranks share the 2 test cores).
+def tune_env() -> dict[str, str]:
+    """The environment of every `tune` the tests start: one OpenMP thread per process (2 ranks share
+    the 2 test cores; and runs compared bit for bit must use the same thread count), and
+    PYTHONPATH = this checkout, so `tune` registers THIS checkout's recipes and configs even if the
+    editable install points at another one (e.g. a git worktree)."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
-    PYTHONPATH = this checkout: `tune` then registers THIS checkout's recipes and configs even if
-    the editable install points at another one (e.g. a git worktree).
-    """
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([TUNE, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+def tune(args, *, check=True, timeout=900) -> subprocess.CompletedProcess:
+    """``tune <args>`` from the repo root with ``tune_env()``."""
+    proc = subprocess.run([TUNE, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=tune_env())
     if check:
         assert proc.returncode == 0, (
             f"tune {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from numerics import assert_close_to_scale
 from omegaconf import OmegaConf
-from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
+from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_env, tune_run
 
 RECIPE = "recipes/grpo_mer_r1_distributed.py"
 CONFIG = "recipes/configs/debug/grpo_mer_r1_tiny.yaml"
@@ -92,7 +92,7 @@ def test_sigterm_saves_and_resume_continues_exactly(tmp_path, tiny_sft_checkpoin
     part = tmp_path / "part"
     proc = subprocess.Popen(
         [TUNE, "run", RECIPE, "--config", CONFIG, f"output_dir={part}", *common],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tune_env(),
     )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:

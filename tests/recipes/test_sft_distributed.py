@@ -1,6 +1,5 @@
 """recipes/sft_distributed.py through the literal `tune run` commands on the tiny config (issue 5)."""
 
-import os
 import signal
 import subprocess
 import time
@@ -8,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_run
+from tune_helpers import REPO_ROOT, TUNE, read_jsonl, tune_env, tune_run
 
 CONFIG = "recipes/configs/debug/sft_tiny.yaml"
 # Short warmup, no periodic checkpoints unless asked.
 FAST = ["lr_scheduler.num_warmup_steps=1", "save_every_n_steps=null", "log_every_n_steps=1"]
-# As tune_helpers.tune runs it: this checkout's recipes, one OpenMP thread per rank.
-TWO_RANK_ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
 
 def sft_run(args, *, nproc=None, check=True):
@@ -70,7 +67,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues_exactly(tmp_path):
     part = tmp_path / "part"
     proc = subprocess.Popen(
         [TUNE, "run", "recipes/sft_distributed.py", "--config", CONFIG, f"output_dir={part}", *common],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tune_env(),
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -146,7 +143,7 @@ def test_sigterm_under_torchrun_exits_143_on_the_launcher(tmp_path):
     proc = subprocess.Popen(
         [TUNE, "run", "--nproc_per_node", "2", "recipes/sft_distributed.py", "--config", CONFIG, f"output_dir={out}",
          "epochs=3", "max_steps_per_epoch=4", *FAST],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=TWO_RANK_ENV,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=tune_env(),
     )  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
