@@ -31,6 +31,7 @@ and file copied from the original, the ``thinker.*`` tensors replaced by the tra
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -564,6 +565,8 @@ def _write_checkpoint(
         full_state_dict.pop("lm_head.weight", None)  # HF omits the tied head
     hf_state_dict = {model_to_hf_key(key, thinker): tensor for key, tensor in full_state_dict.items()}
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(t.numel() * t.element_size() for t in hf_state_dict.values())
+    _check_free_space(output_dir.parent, needed, output_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         if omni_checkpoint_dir is not None:
@@ -583,10 +586,41 @@ def _write_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp_dir))
         _replace_dir(tmp_dir, output_dir)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if _is_disk_full_error(err):  # safetensors reports it as "I/O error: No space left on device"
+            raise OSError(
+                errno.ENOSPC,
+                f"disk full while writing the HF weights into {output_dir} (about {needed} bytes); the partial "
+                f"write was removed. Free space in {output_dir.parent} or write elsewhere",
+            ) from err
         raise
     logger.info("wrote HF checkpoint %s", output_dir)
+
+
+def _check_free_space(folder: Path, needed: int, target: Path) -> None:
+    """``OSError(ENOSPC)`` naming the folder, the bytes needed and the bytes free when the weights
+    (plus 1% and 1 MiB for the config and tokenizer files) cannot fit."""
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    needed = int(needed * 1.01) + 2**20
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space to write the HF weights {target}: they need about {needed} bytes "
+            f"({needed / 1e9:.2f} GB), {folder} has {free} bytes ({free / 1e9:.2f} GB) free",
+        )
+
+
+def _is_disk_full_error(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain, or safetensors' message for it (it drops the errno)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _replace_dir(new_dir: Path, target: Path) -> None:

@@ -609,3 +609,24 @@ def test_lm_head_tying_comes_from_the_checkpoint(tmp_path, builder, make, stored
     cls = type(model)
     _, info = cls.from_pretrained(str(out), dtype=torch.float32, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+def test_hf_export_refuses_a_full_disk_naming_the_folder_and_the_bytes(tmp_path, monkeypatch):
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=10, f_frsize=4096))
+    with pytest.raises(OSError, match=r"not enough free space to write the HF weights .*hf: they need about \d+ bytes") as err:
+        save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "hf", dtype=torch.float32)
+    assert err.value.errno == errno.ENOSPC and not (tmp_path / "hf").exists()
+    monkeypatch.setattr(os, "statvfs", real)
+
+    def no_space(*args, **kwargs):
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("merr1.components.hf_checkpoint.write_safetensors", no_space)
+    with pytest.raises(OSError, match="disk full while writing the HF weights into .*hf.*partial write was removed"):
+        save_hf_checkpoint(tiny_qwen2(seed=1), tmp_path / "hf", dtype=torch.float32)
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left behind
