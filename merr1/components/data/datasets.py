@@ -27,7 +27,7 @@ computed on every name of the openset file, before bad rows are dropped, so a mi
 never moves other samples between the splits.
 
 Items (dicts; ``SFTCollator`` / ``PromptCollator`` from ``merr1.components.data.collate``, also
-importable from here, turn lists of them into batches):
+importable from ``merr1.components.data``, turn lists of them into batches):
 
 - ``sft`` mode: ``name``, ``input_ids`` [L], ``labels`` [L] (-100 on the prompt; the target and
   the closing ``<|im_end|>`` are supervised), ``media`` (per-sample Thinker kwargs, {} text-only);
@@ -79,7 +79,7 @@ from torch.utils.data import Dataset
 
 from merr1.components.config_checks import forwards_kwargs_to
 from merr1.components.data import media as data_media
-from merr1.components.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, collate_media
+from merr1.components.data.collate import IGNORE_INDEX
 from merr1.components.emotion_wheel import parse_emotion_list
 from merr1.components.data.collate import USE_AUDIO_IN_VIDEO
 from merr1.components.data.prompts import (
@@ -93,16 +93,12 @@ from merr1.components.data.prompts import (
 )
 
 __all__ = [
-    "IGNORE_INDEX",
     "BadRow",
     "BadRowError",
     "EvalRow",
     "EvalSet",
     "MERCaptionPlusDataset",
     "MERUniBenchDataset",
-    "PromptCollator",
-    "SFTCollator",
-    "collate_media",
     "mer_caption_plus",
     "mer_caption_plus_sample",
     "mer_unibench",
