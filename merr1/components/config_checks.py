@@ -109,7 +109,7 @@ def check_config(cfg: collections.abc.Mapping, spec: dict[str, Any], what: str =
         ValueError: listing every problem, one per line, each naming the full dotted key.
     """
     problems: list[str] = []
-    _check_section(_plain(cfg), spec, "", problems)
+    _check_section(plain_config(cfg), spec, "", problems)
     if problems:
         raise ValueError(
             f"{what}: {len(problems)} problem{'s' if len(problems) > 1 else ''} (nothing was built):\n  "
@@ -117,8 +117,8 @@ def check_config(cfg: collections.abc.Mapping, spec: dict[str, Any], what: str =
         )
 
 
-def _plain(value: Any) -> Any:
-    """Plain dicts/lists of a DictConfig (resolved), values as they are otherwise."""
+def plain_config(value: Any) -> Any:
+    """Plain dicts/lists of a DictConfig (interpolations resolved), values as they are otherwise."""
     if hasattr(value, "_metadata") and hasattr(value, "_get_node"):  # an OmegaConf container
         from omegaconf import OmegaConf  # only ever reached from a recipe (torchtune brings omegaconf)
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from merr1.components import distributed, hf_checkpoint, parallel
 from merr1.components.checkpointing import DataPosition, PreemptionHandler, TrainingCheckpointer
-from merr1.components.config_checks import AtLeast, Component
+from merr1.components.config_checks import AtLeast, Component, plain_config
 from merr1.components.resume_config import NON_TRAJECTORY_KEYS
 from merr1.components.metric_logging import MetricLogger, progress_bar, save_config
 from merr1.components.models import multimodal_encoders, resolve_dtype
@@ -403,7 +403,7 @@ class TrainingRun:
         metric_logger: Any = None,
         non_trajectory_keys: Sequence[str] = NON_TRAJECTORY_KEYS,
     ) -> None:
-        resolved = _resolved(cfg)
+        resolved = dict(plain_config(cfg))
         self.output_dir = Path(cfg["output_dir"])
         self.model, self.optimizer, self.lr_scheduler, self.tokenizer = model, optimizer, lr_scheduler, tokenizer
         self.save_every = cfg["save_every_n_steps"]
@@ -491,15 +491,6 @@ class TrainingRun:
         self.progress.close()
         self.metric_logger.close()
         self.preemption.close()
-
-
-def _resolved(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as plain containers with interpolations resolved (a DictConfig or a dict)."""
-    if hasattr(cfg, "_get_node"):
-        from omegaconf import OmegaConf  # only reached from recipes (torchtune brings omegaconf)
-
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
 
 
 class Laps:
